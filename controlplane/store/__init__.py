@@ -1,0 +1,1 @@
+"""Durable state of the control plane behind one interface (see base.Store)."""

@@ -1,0 +1,169 @@
+"""The store interface. Every method is one transaction: when it returns, the
+change is durable (acknowledged means durable). Jobs and nodes are kept as
+``xinhe.v1`` messages plus the indexed columns needed to query them, so the
+API layer returns what the store holds without translation.
+
+Implementations: ``sqlite.SqliteStore`` (embedded default). PostgreSQL slots
+in beside it with the same contract.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from xinhe.v1 import agent_pb2, common_pb2
+
+
+class StoreError(Exception):
+    """The store could not complete an operation (disk, connection, ...)."""
+
+
+class NotFoundError(StoreError):
+    """The named job or node does not exist."""
+
+
+class ConflictError(StoreError):
+    """A guarded update lost: the job was not in the expected state/epoch."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One state change of one job, applied atomically with its event.
+
+    ``expect_states``/``expect_epoch`` guard the update (compare-and-set):
+    when the job is no longer as expected the store raises ConflictError and
+    changes nothing. ``updates`` is a partial Job: every top-level field set in
+    it (``ListFields()``) replaces the stored field (placement, exit_code,
+    state_reason ...). ``clear_placement`` empties the placement (requeue).
+    Timestamps of the new state (scheduled_at on SCHEDULED, started_at on
+    RUNNING, finished_at on a terminal state) are set by the store from ``now``.
+    """
+
+    job_id: str
+    to_state: int  # common_pb2.JobState
+    kind: str  # event kind: "placed", "started", "succeeded", ...
+    message: str = ""
+    expect_states: frozenset[int] | None = None
+    expect_epoch: int | None = None
+    updates: common_pb2.Job | None = None
+    clear_placement: bool = False
+    # Start a new attempt with a fresh fencing epoch (placement, retry).
+    new_epoch: bool = False
+    increment_attempt: bool = False
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    job_id: str
+    attempt: int
+    rank: int
+    epoch: int
+    node: str
+    state: int  # agent_pb2.ReplicaState
+    exit_code: int
+    message: str
+
+
+class Store(ABC):
+    # -- jobs ---------------------------------------------------------------
+    @abstractmethod
+    def create_job(self, job: common_pb2.Job, now: float) -> tuple[common_pb2.Job, bool]:
+        """Insert a QUEUED job and its "submitted" event.
+
+        Idempotent on (job.tenant, job.client_key) when client_key is set:
+        returns (existing job, False) instead of inserting. Otherwise returns
+        (stored job, True). ``created_at`` is set from ``now``.
+        """
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> common_pb2.Job | None: ...
+
+    @abstractmethod
+    def list_jobs(
+        self,
+        *,
+        tenant: str | None = None,
+        states: Iterable[int] = (),
+        queue: str | None = None,
+        limit: int = 100,
+        before_seq: int | None = None,
+    ) -> tuple[list[common_pb2.Job], int | None]:
+        """Jobs newest first; returns (page, cursor for the next page or None).
+
+        ``before_seq`` is the cursor returned by the previous page.
+        """
+
+    @abstractmethod
+    def jobs_in_states(self, states: Iterable[int]) -> list[common_pb2.Job]:
+        """All jobs in the given states, oldest submission first."""
+
+    @abstractmethod
+    def apply(self, transitions: Sequence[Transition], now: float) -> list[common_pb2.Job]:
+        """Apply transitions in ONE transaction, all or nothing.
+
+        Each is validated by the job state machine (invalid -> ValueError) and
+        by its guards (-> ConflictError), appends a JobEvent, and for
+        ``new_epoch`` draws the next value of a store-wide epoch counter.
+        Entering SCHEDULED with a placement creates one replica row per
+        placed replica (state UNSPECIFIED) for the job's attempt and epoch.
+        Returns the updated jobs in order.
+        """
+
+    @abstractmethod
+    def count_jobs_by_state(self) -> dict[int, int]: ...
+
+    # -- events -------------------------------------------------------------
+    @abstractmethod
+    def events(self, job_id: str, after_seq: int = 0, limit: int = 1000) -> list[common_pb2.JobEvent]:
+        """A job's events with sequence > after_seq, oldest first."""
+
+    @abstractmethod
+    def add_event(self, job_id: str, kind: str, message: str, now: float) -> common_pb2.JobEvent:
+        """Append an informational event (state unchanged)."""
+
+    # -- replicas -----------------------------------------------------------
+    @abstractmethod
+    def replicas(self, job_id: str, attempt: int | None = None) -> list[ReplicaRecord]:
+        """Replica rows of a job (of one attempt, or all), by attempt then rank."""
+
+    @abstractmethod
+    def replicas_on_node(self, node: str, active_only: bool = True) -> list[ReplicaRecord]:
+        """Replica rows placed on a node; active = job not terminal and row is
+        of the job's current attempt."""
+
+    @abstractmethod
+    def update_replica(self, ref: agent_pb2.ReplicaRef, state: int, exit_code: int,
+                       message: str) -> ReplicaRecord | None:
+        """Record a replica's reported state. Returns None (and changes
+        nothing) when no row matches ref's job, attempt, rank and epoch."""
+
+    # -- logs ---------------------------------------------------------------
+    @abstractmethod
+    def append_logs(self, chunks: Sequence[common_pb2.LogChunk], now: float) -> None:
+        """Store log chunks; assigns each a per-store increasing sequence."""
+
+    @abstractmethod
+    def logs(self, job_id: str, after_seq: int = 0, rank: int | None = None,
+             limit: int = 1000) -> list[common_pb2.LogChunk]: ...
+
+    # -- nodes --------------------------------------------------------------
+    @abstractmethod
+    def upsert_node(self, node: common_pb2.Node) -> None:
+        """Insert or replace a node's record (cordon fields are preserved
+        from the stored record: only set_cordon changes them)."""
+
+    @abstractmethod
+    def set_cordon(self, name: str, cordoned: bool, reason: str) -> common_pb2.Node:
+        """Cordon/uncordon; NotFoundError for an unknown node."""
+
+    @abstractmethod
+    def get_node(self, name: str) -> common_pb2.Node | None: ...
+
+    @abstractmethod
+    def list_nodes(self) -> list[common_pb2.Node]: ...
+
+    # -- lifecycle ----------------------------------------------------------
+    @abstractmethod
+    def close(self) -> None: ...
