@@ -81,6 +81,10 @@ class Store(ABC):
     def get_job(self, job_id: str) -> common_pb2.Job | None: ...
 
     @abstractmethod
+    def find_job_by_key(self, tenant: str, client_key: str) -> common_pb2.Job | None:
+        """The job a tenant submitted with this idempotency key, or None."""
+
+    @abstractmethod
     def list_jobs(
         self,
         *,
@@ -116,7 +120,8 @@ class Store(ABC):
 
     # -- events -------------------------------------------------------------
     @abstractmethod
-    def events(self, job_id: str, after_seq: int = 0, limit: int = 1000) -> list[common_pb2.JobEvent]:
+    def events(self, job_id: str, after_seq: int = 0,
+               limit: int = 1000) -> list[common_pb2.JobEvent]:
         """A job's events with sequence > after_seq, oldest first."""
 
     @abstractmethod

@@ -1,0 +1,490 @@
+"""The node agent: one per node, a client of AgentService.
+
+Life of a connection: Register (inventory plus the replicas still held),
+stop what the control plane says is stale, then one Connect stream. The
+agent's side of the stream is fed from a single outbound queue by a
+generator that also produces the heartbeats; the control plane's side is
+read on the connection thread. When anything fails the agent reconnects
+with jittered exponential backoff, and its replicas keep running meanwhile.
+
+Delivery: every ReplicaStatus gets a strictly increasing ``agent_sequence``
+and stays in an outbox until an Ack covers it; a new connection resends the
+outbox first. Logs are best effort. A replica is forgotten only once its
+final status is acknowledged; a bounded record of finished replicas answers
+duplicate launches afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agents.accelerators.base import (
+    AcceleratorAdapter,
+    NodeInventory,
+    health_signature,
+    render_launch_env,
+)
+from agents.accelerators.cpu import host_memory_bytes
+from agents.launcher import Launcher, ReplicaPhase, ReplicaProcess, ReplicaSpec
+from controlplane.model.catalogue import Catalogue, default_catalogue
+from xinhe.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
+
+try:
+    AGENT_VERSION = metadata.version("xinhe-orchestrator")
+except metadata.PackageNotFoundError:  # running from a source tree
+    AGENT_VERSION = "0.0.0+source"
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+Key = tuple[str, int, int]
+_STREAMS = {"stdout": common_pb2.LOG_STREAM_STDOUT, "stderr": common_pb2.LOG_STREAM_STDERR}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """How this agent identifies itself and behaves. Defaults suit one host."""
+
+    server: str = "127.0.0.1:50051"
+    node_name: str = field(default_factory=socket.gethostname)
+    pool: str = "default"
+    region: str = "local"
+    address: str = "127.0.0.1"  # where gang peers reach this node
+    work_dir: Path = Path("xinhe-agent")
+    token: str | None = None  # bearer token sent on every call
+    heartbeat_interval: float | None = None  # None = what Register returns
+    stop_grace: float = 10.0  # SIGTERM -> SIGKILL when a stop names no grace
+    cpu_millis: int | None = None  # None = all host cores
+    memory_bytes: int | None = None  # None = all host memory
+    backoff_initial: float = 0.2
+    backoff_max: float = 5.0
+    rpc_timeout: float = 10.0
+    finished_memory: int = 1024  # finished replicas remembered after ack
+    max_queued_logs: int = 1000  # log chunks beyond this backlog are dropped
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def _key(ref: agent_pb2.ReplicaRef) -> Key:
+    return (ref.job_id, ref.attempt, ref.rank)
+
+
+def _phase_to_proto(phase: ReplicaPhase) -> int:
+    return agent_pb2.ReplicaState.Value("REPLICA_STATE_" + phase.name)
+
+
+def spec_from_launch(launch: agent_pb2.LaunchReplica) -> ReplicaSpec:
+    """The launcher's view of a LaunchReplica."""
+    runtime = launch.max_runtime.ToTimedelta().total_seconds()
+    return ReplicaSpec(
+        job_id=launch.ref.job_id, attempt=launch.ref.attempt, rank=launch.ref.rank,
+        command=tuple(launch.command), job_name=launch.job_name, env=dict(launch.env),
+        working_dir=launch.working_dir, world_size=launch.world_size or 1,
+        master_addr=launch.master_addr, master_port=launch.master_port,
+        max_runtime=runtime or None, checkpoint_dir=launch.checkpoint_dir,
+        family=launch.family, model=launch.model,
+        device_indices=tuple(launch.device_indices))
+
+
+class Backoff:
+    """Delays doubling from ``initial`` to ``maximum``, each drawn uniformly from
+    the upper half of its step so that agents cut off together do not all
+    come back in the same instant."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial, self.maximum = initial, maximum
+        self._next = initial
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.maximum, self._next * 2)
+        return random.uniform(delay / 2, delay)
+
+
+@dataclass
+class _Held:
+    """A replica the agent holds: running, or finished and not yet acked."""
+
+    ref: agent_pb2.ReplicaRef
+    adapter: AcceleratorAdapter | None
+    device_indices: tuple[int, ...]
+    process: ReplicaProcess | None = None
+    last: agent_pb2.ReplicaStatus | None = None
+    final_sequence: int = 0  # sequence of the terminal status, 0 while live
+
+
+class _Link:
+    """One Connect stream: its session, outbound queue and heartbeat clock."""
+
+    def __init__(self, session_id: str, interval: float) -> None:
+        self.session_id = session_id
+        self.interval = interval
+        self.queue: queue.Queue[agent_pb2.AgentMessage | None] = queue.Queue()
+        self.call: grpc.Future | None = None
+
+    def close(self) -> None:
+        self.queue.put(None)  # ends the request generator
+        if self.call is not None:
+            self.call.cancel()
+
+
+class Agent:
+    """Registers the node, runs what it is told, and reports, reconnecting forever.
+
+    Thread model: :meth:`run` (or the thread :meth:`start` makes) owns the
+    connection; grpc's own thread pulls the outbound generator; launcher
+    threads report replica states. Shared state is guarded by one lock.
+    """
+
+    def __init__(self, config: AgentConfig, adapters: Sequence[AcceleratorAdapter],
+                 catalogue: Catalogue | None = None,
+                 channel: grpc.Channel | None = None) -> None:
+        self.config = config
+        self.adapters = list(adapters)
+        self.inventory = NodeInventory(self.adapters)
+        self.catalogue = catalogue or default_catalogue()
+        self.launcher = Launcher(config.work_dir, self.catalogue, config.stop_grace)
+        self._channel = channel
+        self._lock = threading.RLock()
+        self._acked = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._accepting = True
+        self._sequence = 0
+        self._outbox: OrderedDict[int, agent_pb2.ReplicaStatus] = OrderedDict()
+        self._replicas: dict[Key, _Held] = {}
+        self._finished: OrderedDict[Key, agent_pb2.ReplicaStatus] = OrderedDict()
+        self._link: _Link | None = None
+        self._inventory_sig: tuple = ()
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        """Run the connection loop on a background thread."""
+        self._thread = threading.Thread(target=self.run, name="xinhe-agent", daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        """Register and stay connected until :meth:`shutdown`."""
+        channel = self._channel or grpc.insecure_channel(self.config.server,
+                                                         options=self._channel_options())
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    response = self._register(stub)
+                    backoff.reset()
+                    self._stream(stub, response)
+                except grpc.RpcError as err:
+                    if not self._stopping.is_set():
+                        log.warning("control plane %s: %s %s", self.config.server,
+                                    err.code(), err.details())
+                self._stopping.wait(backoff.next())
+        finally:
+            if self._channel is None:
+                channel.close()
+
+    def _channel_options(self) -> list[tuple[str, int]]:
+        # grpc's own reconnect backoff grows to 120 s; keep it within ours so
+        # a control plane that comes back is found as quickly as we promise.
+        initial_ms = max(1, int(self.config.backoff_initial * 1000))
+        max_ms = max(initial_ms, int(self.config.backoff_max * 1000))
+        return [("grpc.initial_reconnect_backoff_ms", initial_ms),
+                ("grpc.min_reconnect_backoff_ms", initial_ms),
+                ("grpc.max_reconnect_backoff_ms", max_ms)]
+
+    def shutdown(self, grace: float | None = None, flush_timeout: float = 2.0) -> None:
+        """Stop accepting work, stop every replica, report, disconnect."""
+        grace = self.config.stop_grace if grace is None else grace
+        with self._lock:
+            self._accepting = False
+            procs = [h.process for h in self._replicas.values() if h.process is not None]
+        for proc in procs:
+            proc.stop(grace, reason="agent shutting down")
+        for proc in procs:
+            proc.wait(grace + 5.0)
+        with self._acked:
+            self._acked.wait_for(lambda: not self._outbox or self._link is None,
+                                 timeout=flush_timeout)
+            self._stopping.set()
+            link, self._link = self._link, None
+        if link is not None:
+            link.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+
+    # -- connection --------------------------------------------------------
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        token = self.config.token
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+    def _register(self, stub: agent_pb2_grpc.AgentServiceStub) -> agent_pb2.RegisterResponse:
+        devices = self.inventory.refresh()
+        self._inventory_sig = health_signature(devices)
+        with self._lock:
+            held = [h.last for h in self._replicas.values() if h.last is not None]
+        request = agent_pb2.RegisterRequest(
+            protocol_version=agent_pb2.PROTOCOL_VERSION_1, node_name=self.config.node_name,
+            pool=self.config.pool, region=self.config.region, address=self.config.address,
+            devices=[d.to_proto() for d in devices], cpu_millis=self._cpu_millis(),
+            memory_bytes=self.config.memory_bytes or host_memory_bytes(),
+            agent_version=AGENT_VERSION, replicas=held)
+        response = stub.Register(request, metadata=self._metadata(),
+                                 timeout=self.config.rpc_timeout)
+        log.info("registered %s as session %s (%d devices, %d replicas held)",
+                 self.config.node_name, response.session_id, len(devices), len(held))
+        for ref in response.stop:
+            self._stop(ref, self.config.stop_grace, "control plane: no longer current")
+        return response
+
+    def _cpu_millis(self) -> int:
+        return self.config.cpu_millis or (os.cpu_count() or 1) * 1000
+
+    def _stream(self, stub: agent_pb2_grpc.AgentServiceStub,
+                response: agent_pb2.RegisterResponse) -> None:
+        link = _Link(response.session_id, self._heartbeat_interval(response))
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            for status in self._outbox.values():  # unacked: deliver again
+                link.queue.put(agent_pb2.AgentMessage(status=status))
+            self._link = link
+        call = stub.Connect(self._outbound(link), metadata=self._metadata())
+        link.call = call
+        self.connected.set()
+        try:
+            for message in call:
+                self._on_control(message)
+            log.warning("control plane ended the stream; reconnecting")
+        finally:
+            self.connected.clear()
+            with self._acked:
+                if self._link is link:
+                    self._link = None
+                self._acked.notify_all()
+            link.close()
+
+    def _heartbeat_interval(self, response: agent_pb2.RegisterResponse) -> float:
+        if self.config.heartbeat_interval:
+            return self.config.heartbeat_interval
+        given = response.heartbeat_interval.ToTimedelta().total_seconds()
+        return given if given > 0 else DEFAULT_HEARTBEAT_SECONDS
+
+    def _outbound(self, link: _Link) -> Iterator[agent_pb2.AgentMessage]:
+        """The request stream: session + heartbeat first, then the queue,
+        with a heartbeat whenever ``interval`` passes without one."""
+        yield agent_pb2.AgentMessage(session_id=link.session_id, heartbeat=self._heartbeat())
+        last_beat = time.monotonic()
+        while True:
+            wait = link.interval - (time.monotonic() - last_beat)
+            if wait <= 0:
+                yield from self._beat_messages()
+                last_beat = time.monotonic()
+                continue
+            try:
+                message = link.queue.get(timeout=wait)
+            except queue.Empty:
+                continue
+            if message is None:
+                return
+            yield message
+
+    def _beat_messages(self) -> Iterator[agent_pb2.AgentMessage]:
+        heartbeat = self._heartbeat()
+        signature = health_signature(heartbeat.devices)
+        if signature != self._inventory_sig:
+            self._inventory_sig = signature
+            yield agent_pb2.AgentMessage(
+                inventory=agent_pb2.InventoryUpdate(devices=heartbeat.devices))
+        yield agent_pb2.AgentMessage(heartbeat=heartbeat)
+
+    def _heartbeat(self) -> agent_pb2.Heartbeat:
+        devices = self.inventory.refresh(telemetry=True)
+        with self._lock:
+            running = [h.ref for h in self._replicas.values()
+                       if h.process is not None and not h.process.done]
+        return agent_pb2.Heartbeat(time=_now(), devices=[d.to_proto() for d in devices],
+                                   running=running)
+
+    # -- control messages --------------------------------------------------
+    def _on_control(self, message: agent_pb2.ControlMessage) -> None:
+        kind = message.WhichOneof("body")
+        if kind == "launch":
+            self._on_launch(message.launch)
+        elif kind == "stop":
+            stop = message.stop
+            grace = (stop.grace.ToTimedelta().total_seconds() if stop.HasField("grace")
+                     else self.config.stop_grace)
+            self._stop(stop.ref, grace, stop.reason or "stopped by the control plane")
+        elif kind == "ack":
+            self._on_ack(message.ack.agent_sequence)
+
+    def _on_launch(self, launch: agent_pb2.LaunchReplica) -> None:
+        """Start a replica once per (job, attempt, rank); re-report duplicates."""
+        key = _key(launch.ref)
+        with self._lock:
+            if not self._accepting:
+                log.info("shutting down: launch of %s ignored", key)
+                return
+            if key in self._replicas or key in self._finished:
+                known = self._latest_status(key)
+                log.info("duplicate launch of %s: re-reporting its state", key)
+                if known is not None:
+                    self._emit(known.ref, known.state, known.exit_code, known.message)
+                return
+            newest = self._newest_epoch(launch.ref.job_id)
+            if launch.ref.epoch < newest:
+                log.warning("launch of %s with stale epoch %d (< %d) ignored", key,
+                            launch.ref.epoch, newest)
+                return
+            adapter, problem = self._place(launch)
+            held = _Held(ref=agent_pb2.ReplicaRef(), adapter=adapter,
+                         device_indices=tuple(launch.device_indices))
+            held.ref.CopyFrom(launch.ref)
+            self._replicas[key] = held
+        if problem:
+            self._emit(held.ref, agent_pb2.REPLICA_STATE_FAILED, 0, problem)
+            return
+        device_env = self._device_env(adapter, held.device_indices)
+        held.process = self.launcher.start(spec_from_launch(launch), device_env,
+                                           self._on_state, self._on_output)
+        with self._lock:
+            late = not self._accepting
+        if late:
+            held.process.stop(0, reason="agent shutting down")
+
+    def _place(self, launch: agent_pb2.LaunchReplica) -> tuple[AcceleratorAdapter | None, str]:
+        """The adapter owning the launch's devices, or a reason it cannot run."""
+        indices = list(launch.device_indices)
+        family = launch.family or ("cpu" if not indices else "")
+        owners = [self.inventory.owner(i) for i in indices]
+        missing = [i for i, owner in zip(indices, owners, strict=True) if owner is None]
+        if missing:
+            return None, f"devices {missing} are not on node {self.config.node_name}"
+        if len({owner.family for owner in owners if owner is not None}) > 1:
+            return None, f"devices {indices} span several accelerator families"
+        adapter = owners[0] if owners else None
+        if adapter is not None and family and adapter.family != family:
+            return None, f"devices {indices} are {adapter.family}, not {family}"
+        if adapter is None and not self.catalogue.has_family(family or "cpu"):
+            return None, f"unknown accelerator family {family!r}"
+        return adapter, ""
+
+    def _device_env(self, adapter: AcceleratorAdapter | None,
+                    indices: Sequence[int]) -> dict[str, str]:
+        # Hide every family on the node first, so a replica sees only its own.
+        env: dict[str, str] = {}
+        for other in self.adapters:
+            env.update({k: "" for k in other.launch_env([], self.catalogue)})
+        if adapter is not None:
+            env.update(adapter.launch_env(indices, self.catalogue))
+        else:
+            env.update(render_launch_env(self.catalogue.family("cpu"), indices))
+        return env
+
+    def _stop(self, ref: agent_pb2.ReplicaRef, grace: float, reason: str) -> None:
+        with self._lock:
+            held = self._replicas.get(_key(ref))
+        if held is None or held.process is None:
+            log.info("stop for %s: not running here", _key(ref))
+            return
+        log.info("stopping %s (grace %.1fs): %s", _key(ref), grace, reason)
+        held.process.stop(grace, reason=reason)
+
+    def _on_ack(self, sequence: int) -> None:
+        with self._acked:
+            for seq in [s for s in self._outbox if s <= sequence]:
+                del self._outbox[seq]
+            for key, held in list(self._replicas.items()):
+                if held.final_sequence and held.final_sequence <= sequence:
+                    del self._replicas[key]
+                    self._remember(key, held.last)
+            self._acked.notify_all()
+
+    # -- replica reports -----------------------------------------------------
+    def _on_state(self, proc: ReplicaProcess, phase: ReplicaPhase, code: int,
+                  message: str) -> None:
+        with self._lock:
+            held = self._replicas.get(proc.spec.key)
+        if held is None:
+            return
+        if held.adapter is not None and phase is ReplicaPhase.RUNNING:
+            held.adapter.mark_busy(held.device_indices)
+        elif held.adapter is not None and phase.terminal:
+            held.adapter.mark_idle(held.device_indices)
+        self._emit(held.ref, _phase_to_proto(phase), code, message)
+
+    def _on_output(self, proc: ReplicaProcess, stream: str, data: bytes) -> None:
+        spec = proc.spec
+        chunk = common_pb2.LogChunk(job_id=spec.job_id, attempt=spec.attempt, rank=spec.rank,
+                                    stream=_STREAMS[stream], data=data, time=_now())
+        with self._lock:
+            link = self._link
+        if link is not None and link.queue.qsize() < self.config.max_queued_logs:
+            link.queue.put(agent_pb2.AgentMessage(logs=chunk))
+
+    def _emit(self, ref: agent_pb2.ReplicaRef, state: int, code: int, message: str) -> None:
+        """Record a status, keep it until acked, and send it if connected."""
+        with self._lock:
+            self._sequence += 1
+            status = agent_pb2.ReplicaStatus(ref=ref, state=state, exit_code=code,
+                                             message=message, time=_now(),
+                                             agent_sequence=self._sequence)
+            held = self._replicas.get(_key(ref))
+            if held is not None:
+                held.last = status
+                if state not in (agent_pb2.REPLICA_STATE_STARTING,
+                                 agent_pb2.REPLICA_STATE_RUNNING):
+                    held.final_sequence = self._sequence
+            elif _key(ref) in self._finished:
+                self._finished[_key(ref)] = status
+            self._outbox[self._sequence] = status
+            if self._link is not None:
+                self._link.queue.put(agent_pb2.AgentMessage(status=status))
+
+    def _latest_status(self, key: Key) -> agent_pb2.ReplicaStatus | None:
+        held = self._replicas.get(key)
+        if held is not None:
+            return held.last
+        return self._finished.get(key)
+
+    def _newest_epoch(self, job_id: str) -> int:
+        epochs = [h.ref.epoch for k, h in self._replicas.items() if k[0] == job_id]
+        epochs += [s.ref.epoch for k, s in self._finished.items() if k[0] == job_id]
+        return max(epochs, default=0)
+
+    def _remember(self, key: Key, status: agent_pb2.ReplicaStatus | None) -> None:
+        if status is None:
+            return
+        self._finished[key] = status
+        self._finished.move_to_end(key)
+        while len(self._finished) > self.config.finished_memory:
+            self._finished.popitem(last=False)
+
+    # -- introspection (tests, CLI) ------------------------------------------
+    def held_replicas(self) -> dict[Key, agent_pb2.ReplicaStatus | None]:
+        """Last status of every replica still held (running or unacked)."""
+        with self._lock:
+            return {k: h.last for k, h in self._replicas.items()}
+

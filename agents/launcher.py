@@ -1,0 +1,328 @@
+"""Run one replica as a local process and report what happens to it.
+
+Each replica runs in its own session (hence its own process group), so a
+stop reaches every process the job forked: SIGTERM to the group, SIGKILL
+after the grace period. When the leader exits, whatever it left behind in
+its group is killed too: a finished replica must release its devices.
+
+Output is pumped from pipes by two reader threads and handed on in chunks
+of at most ``CHUNK_BYTES``; the final state is reported only after both
+pipes are drained, so a consumer sees every byte before the verdict. A
+third thread waits for exit (blocking, no polling). Nothing here knows about
+protobuf: the agent translates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from controlplane.model.catalogue import Catalogue, default_catalogue
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 64 * 1024
+READER_JOIN_SECONDS = 5.0
+# Names the launcher owns; inherited values would mislead the job.
+TORCH_DIST_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
+
+
+class ReplicaPhase(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (ReplicaPhase.SUCCEEDED, ReplicaPhase.FAILED, ReplicaPhase.STOPPED)
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What to run for one replica of one attempt of a job."""
+
+    job_id: str
+    attempt: int
+    rank: int
+    command: tuple[str, ...]
+    job_name: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    working_dir: str = ""
+    world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
+    max_runtime: float | None = None  # seconds; None = no limit
+    checkpoint_dir: str = ""
+    family: str = ""
+    model: str = ""
+    device_indices: tuple[int, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.job_id, self.attempt, self.rank)
+
+    @property
+    def label(self) -> str:
+        return f"{self.job_id}/a{self.attempt}/r{self.rank}"
+
+
+#: (process, phase, exit code, message). Called from the launcher's threads.
+StateCallback = Callable[["ReplicaProcess", ReplicaPhase, int, str], None]
+#: (process, "stdout" | "stderr", chunk).
+OutputCallback = Callable[["ReplicaProcess", str, bytes], None]
+
+
+class ReplicaProcess:
+    """One replica's process: start it, watch it, stop it.
+
+    States are reported through ``on_state`` in order: STARTING, RUNNING,
+    then exactly one of SUCCEEDED (exit 0), FAILED (non-zero exit, killed by
+    a signal, could not start, or exceeded ``max_runtime``) or STOPPED
+    (ended after :meth:`stop`).
+    """
+
+    def __init__(self, spec: ReplicaSpec, env: Mapping[str, str], cwd: Path,
+                 on_state: StateCallback, on_output: OutputCallback | None = None,
+                 runtime_grace: float = 10.0) -> None:
+        self.spec = spec
+        self.env = dict(env)
+        self.cwd = cwd
+        self._on_state = on_state
+        self._on_output = on_output
+        self._runtime_grace = runtime_grace
+        self._lock = threading.Lock()
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._reaped = False
+        self._stop_reason: str | None = None
+        self._expired = False
+        self._timers: list[threading.Timer] = []
+        self._readers: list[threading.Thread] = []
+        self._done = threading.Event()
+        self.phase: ReplicaPhase | None = None
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def start(self) -> None:
+        """Spawn the process; a command that cannot start ends FAILED."""
+        self._report(ReplicaPhase.STARTING, 0, "")
+        try:
+            self.cwd.mkdir(parents=True, exist_ok=True)
+            popen = subprocess.Popen(
+                list(self.spec.command), cwd=self.cwd, env=self.env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True, bufsize=0)
+        except (OSError, ValueError, subprocess.SubprocessError) as err:
+            log.warning("replica %s could not start: %s", self.spec.label, err)
+            self._finish(ReplicaPhase.FAILED, 127, f"could not start: {err}")
+            return
+        with self._lock:
+            self._popen = popen
+            stopped_early = self._stop_reason is not None
+        if stopped_early:
+            self._terminate(0)
+        log.info("replica %s started, pid %d", self.spec.label, popen.pid)
+        self._report(ReplicaPhase.RUNNING, 0, "")
+        assert popen.stdout is not None and popen.stderr is not None
+        self._readers = [self._thread(self._pump, popen.stdout, "stdout"),
+                         self._thread(self._pump, popen.stderr, "stderr")]
+        if self.spec.max_runtime:
+            self._timer(self.spec.max_runtime, self._expire)
+        self._thread(self._wait_for_exit, popen)
+
+    def stop(self, grace: float = 10.0, reason: str = "") -> None:
+        """SIGTERM the group now, SIGKILL after ``grace`` seconds. Non-blocking.
+
+        A replica that already ended is left as it is.
+        """
+        with self._lock:
+            if self._done.is_set() or self._reaped:
+                return
+            if self._stop_reason is None:
+                self._stop_reason = reason or "stopped on request"
+        self._terminate(grace)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the final state is reported; False on timeout."""
+        return self._done.wait(timeout)
+
+    # -- internals ---------------------------------------------------------
+    def _thread(self, target: Callable[..., None], *args: object) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, daemon=True,
+                                  name=f"replica-{self.spec.label}-{target.__name__}")
+        thread.start()
+        return thread
+
+    def _timer(self, seconds: float, action: Callable[[], None]) -> None:
+        timer = threading.Timer(seconds, action)
+        timer.daemon = True
+        with self._lock:
+            self._timers.append(timer)
+        timer.start()
+
+    def _pump(self, pipe: IO[bytes], stream: str) -> None:
+        with pipe:
+            while chunk := pipe.read(CHUNK_BYTES):
+                if self._on_output is None:
+                    continue
+                try:
+                    self._on_output(self, stream, chunk)
+                except Exception:
+                    log.exception("output callback failed for %s", self.spec.label)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._reaped:
+                return
+            self._expired = True
+        log.warning("replica %s exceeded max runtime %.1fs", self.spec.label,
+                    self.spec.max_runtime or 0)
+        self._terminate(self._runtime_grace)
+
+    def _terminate(self, grace: float) -> None:
+        if grace <= 0:
+            self._signal_group(signal.SIGKILL)
+            return
+        self._signal_group(signal.SIGTERM)
+        self._timer(grace, lambda: self._signal_group(signal.SIGKILL))
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        # The unreaped leader keeps its pid (= the group id) from being reused,
+        # so signalling the group is safe exactly until it is reaped.
+        with self._lock:
+            if self._popen is None or self._reaped:
+                return
+            try:
+                os.killpg(self._popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            except PermissionError as err:
+                log.warning("cannot signal replica %s: %s", self.spec.label, err)
+
+    def _wait_for_exit(self, popen: subprocess.Popen[bytes]) -> None:
+        if hasattr(os, "waitid"):
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
+            self._signal_group(signal.SIGKILL)  # leftovers of the finished leader
+        returncode = popen.wait()
+        with self._lock:
+            self._reaped = True
+            timers, self._timers = self._timers, []
+        for timer in timers:
+            timer.cancel()
+        for reader in self._readers:
+            reader.join(READER_JOIN_SECONDS)
+        self._finish(*self._outcome(returncode))
+
+    def _outcome(self, returncode: int) -> tuple[ReplicaPhase, int, str]:
+        if self._stop_reason is not None:
+            return ReplicaPhase.STOPPED, returncode, self._stop_reason
+        if self._expired:
+            limit = self.spec.max_runtime or 0
+            return ReplicaPhase.FAILED, returncode, f"exceeded max runtime ({limit:g}s)"
+        if returncode == 0:
+            return ReplicaPhase.SUCCEEDED, 0, ""
+        if returncode < 0:
+            return ReplicaPhase.FAILED, returncode, f"killed by signal {_signal_name(-returncode)}"
+        return ReplicaPhase.FAILED, returncode, f"exited with code {returncode}"
+
+    def _finish(self, phase: ReplicaPhase, code: int, message: str) -> None:
+        self.returncode = code
+        self._report(phase, code, message)
+        self._done.set()
+
+    def _report(self, phase: ReplicaPhase, code: int, message: str) -> None:
+        self.phase = phase
+        try:
+            self._on_state(self, phase, code, message)
+        except Exception:
+            log.exception("state callback failed for %s", self.spec.label)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+class Launcher:
+    """Renders a replica's environment and working directory, then runs it."""
+
+    def __init__(self, work_dir: str | Path, catalogue: Catalogue | None = None,
+                 runtime_grace: float = 10.0) -> None:
+        self.work_dir = Path(work_dir)
+        self.runtime_grace = runtime_grace
+        catalogue = catalogue or default_catalogue()
+        self._device_vars = frozenset(
+            var for fam in catalogue.families.values()
+            for var in (*fam.visible_devices_env, *fam.container_visible_devices_env))
+
+    def start(self, spec: ReplicaSpec, device_env: Mapping[str, str],
+              on_state: StateCallback,
+              on_output: OutputCallback | None = None) -> ReplicaProcess:
+        """Start ``spec``; states and output arrive through the callbacks."""
+        process = ReplicaProcess(spec, self.render_env(spec, device_env),
+                                 self.replica_dir(spec), on_state, on_output,
+                                 runtime_grace=self.runtime_grace)
+        process.start()
+        return process
+
+    def replica_dir(self, spec: ReplicaSpec) -> Path:
+        """The replica's cwd: its working_dir, else one under the work dir."""
+        if spec.working_dir:
+            return Path(spec.working_dir)
+        safe_job = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec.job_id)
+        return self.work_dir / "replicas" / f"{safe_job}-a{spec.attempt}-r{spec.rank}"
+
+    def render_env(self, spec: ReplicaSpec, device_env: Mapping[str, str]) -> dict[str, str]:
+        """The process environment, in increasing precedence: the agent's own
+        (minus inherited XINHE_*, visible-device and rank variables), the
+        job's env, the adapter's device env, then the runtime variables."""
+        env = {k: v for k, v in os.environ.items() if not self._owned(k)}
+        env.setdefault("PYTHONUNBUFFERED", "1")  # logs stream as they happen
+        env.update(spec.env)
+        env.update(device_env)
+        env.update(_runtime_vars(spec))
+        return env
+
+    def _owned(self, name: str) -> bool:
+        return (name.startswith("XINHE_") or name in self._device_vars
+                or name in TORCH_DIST_VARS)
+
+
+def _runtime_vars(spec: ReplicaSpec) -> dict[str, str]:
+    rank, world = str(spec.rank), str(spec.world_size)
+    addr, port = spec.master_addr or "127.0.0.1", str(spec.master_port)
+    env = {
+        "XINHE_JOB_ID": spec.job_id, "XINHE_JOB_NAME": spec.job_name,
+        "XINHE_ATTEMPT": str(spec.attempt), "XINHE_RANK": rank,
+        "XINHE_WORLD_SIZE": world, "XINHE_LOCAL_RANK": "0",
+        "XINHE_MASTER_ADDR": addr, "XINHE_MASTER_PORT": port,
+        "RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": "0",
+        "MASTER_ADDR": addr, "MASTER_PORT": port,
+    }
+    if spec.checkpoint_dir:
+        env["XINHE_CHECKPOINT_DIR"] = spec.checkpoint_dir
+    if spec.family:
+        env["XINHE_ACCELERATOR_FAMILY"] = spec.family
+    if spec.model:
+        env["XINHE_ACCELERATOR_MODEL"] = spec.model
+    return env

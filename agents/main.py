@@ -1,0 +1,109 @@
+"""``xinhe agent``: run the node agent on this host.
+
+Examples::
+
+    xinhe agent --server cp.example:50051 --pool h100-east
+    xinhe agent --simulate 910B:8 --node sim-ascend-0 --pool ascend-sim
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+from types import FrameType
+
+from agents.accelerators.base import AcceleratorAdapter, adapters_for_host
+from agents.accelerators.simulated import simulated_adapters
+from agents.agent import Agent, AgentConfig
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``xinhe agent``."""
+    parser.add_argument("--server", default=os.environ.get("XINHE_SERVER", "127.0.0.1:50051"),
+                        help="control plane host:port (env XINHE_SERVER)")
+    parser.add_argument("--token", default=os.environ.get("XINHE_TOKEN"),
+                        help="bearer token for the control plane (env XINHE_TOKEN)")
+    parser.add_argument("--node", default=socket.gethostname(),
+                        help="node name, unique in the control plane (default: host name)")
+    parser.add_argument("--pool", default="default", help="pool this node belongs to")
+    parser.add_argument("--region", default="local", help="region of this node")
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="address gang peers reach this node on")
+    parser.add_argument("--simulate", action="append", default=[], metavar="MODEL:COUNT",
+                        help="present simulated devices instead of real ones, e.g. 910B:8 "
+                             "(repeatable)")
+    parser.add_argument("--cpu-slots", type=int, default=1,
+                        help="CPU devices to present when no accelerator is found")
+    parser.add_argument("--work-dir", default=None,
+                        help="where replicas run (default ./xinhe-agent/<node>)")
+    parser.add_argument("--heartbeat-interval", type=float, default=None,
+                        help="seconds between heartbeats (default: the control plane's)")
+    parser.add_argument("--stop-grace", type=float, default=10.0,
+                        help="seconds between SIGTERM and SIGKILL when stopping replicas")
+    # SUPPRESS: `xinhe --log-level X agent` must not be overridden by a default here.
+    parser.add_argument("--log-level", default=argparse.SUPPRESS, type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging level (default INFO)")
+
+
+def build_adapters(args: argparse.Namespace) -> list[AcceleratorAdapter]:
+    """Simulated devices when asked for, else what the host has (CPU fallback)."""
+    if args.simulate:
+        return list(simulated_adapters(args.simulate, node=args.node))
+    return adapters_for_host(cpu_slots=args.cpu_slots)
+
+
+def build_config(args: argparse.Namespace) -> AgentConfig:
+    work_dir = Path(args.work_dir) if args.work_dir else Path("xinhe-agent") / args.node
+    return AgentConfig(
+        server=args.server, node_name=args.node, pool=args.pool, region=args.region,
+        address=args.address, work_dir=work_dir, token=args.token or None,
+        heartbeat_interval=args.heartbeat_interval, stop_grace=args.stop_grace)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGTERM/SIGINT; then stop every replica and exit 0."""
+    level = str(getattr(args, "log_level", None) or "INFO").upper()
+    logging.basicConfig(level=level,  # a no-op when the xinhe CLI configured logging
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    try:
+        adapters = build_adapters(args)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    config = build_config(args)
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    agent = Agent(config, adapters)
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    devices = sum(len(a.detect()) for a in adapters)
+    log.info("agent %s: %d devices (%s), control plane %s", config.node_name, devices,
+             ", ".join(sorted({a.family for a in adapters})), config.server)
+    agent.start()
+    stop_requested.wait()
+    agent.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xinhe agent", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

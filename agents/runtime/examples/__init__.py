@@ -1,0 +1,1 @@
+"""Sample portable jobs: run unchanged on every accelerator family."""

@@ -1,0 +1,59 @@
+"""`xinhe job ID`: one job's state, placement and events."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from rich.table import Table
+
+from controlplane.cli.common import (
+    add_client_options,
+    client,
+    console,
+    placement_text,
+    rpc_errors,
+    state_name,
+    styled_state,
+    ts,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("job", help="show a job: state, placement, events")
+    p.add_argument("job_id")
+    add_client_options(p)
+    p.set_defaults(func=run)
+
+
+def _when(seconds: float) -> str:
+    if not seconds:
+        return "-"
+    return dt.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+@rpc_errors
+def run(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        job = c.get(args.job_id)
+        events = list(c.watch(job.id))
+    p = job.placement
+    console.print(f"[bold]{job.id}[/bold]  {job.spec.name}  queue {job.spec.queue}  "
+                  f"priority {job.spec.priority}")
+    console.print(f"state      {styled_state(job.state)}  attempt {job.attempt}  "
+                  f"epoch {job.epoch}  exit {job.exit_code}")
+    if job.state_reason:
+        console.print(f"reason     {job.state_reason}", highlight=False)
+    console.print(f"placement  {placement_text(job)}", highlight=False)
+    if p.replicas:
+        for r in p.replicas:
+            console.print(f"  rank {r.rank}: {r.node} devices {list(r.device_indices)}")
+        console.print(f"  rendezvous {p.master_addr}:{p.master_port}")
+    if p.explanation:
+        console.print(f"why here   {p.explanation}", highlight=False)
+    table = Table("SEQ", "TIME", "FROM", "TO", "KIND", "MESSAGE", title="events")
+    for e in events:
+        table.add_row(str(e.sequence), _when(ts(e.time)), state_name(e.from_state),
+                      state_name(e.to_state), e.kind, e.message)
+    console.print(table)
+    return 0

@@ -1,0 +1,39 @@
+"""`xinhe server`: run the control plane."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from controlplane.settings import ServerSettings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="run the control plane",
+                       description="Run the control plane (embedded SQLite store, "
+                                   "scheduler hosted on Ray). Flags override XINHE_* env.")
+    p.add_argument("--listen", help="host:port for the gRPC API (default 127.0.0.1:50051)")
+    p.add_argument("--data-dir", type=Path, help="store directory (default ./xinhe-data)")
+    p.add_argument("--scheduler", choices=("ray", "inline"),
+                   help="host the scheduler core on Ray (default) or in-process")
+    p.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
+    p.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s")
+    p.add_argument("--node-lost-timeout", type=float, dest="node_lost_timeout_s",
+                   help="seconds before a disconnected node's jobs are requeued")
+    p.add_argument("--schedule-interval", type=float, dest="schedule_interval_s")
+    p.add_argument("--stop-grace", type=float, dest="stop_grace_s")
+    p.add_argument("--auth-token", help="require this bearer token on every call")
+    p.add_argument("--catalogue", dest="catalogue_path", help="chip catalogue YAML")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from controlplane.server import serve
+
+    settings = ServerSettings.from_env().override(
+        listen=args.listen, data_dir=args.data_dir, scheduler=args.scheduler,
+        ray_address=args.ray_address, heartbeat_interval_s=args.heartbeat_interval_s,
+        node_lost_timeout_s=args.node_lost_timeout_s,
+        schedule_interval_s=args.schedule_interval_s, stop_grace_s=args.stop_grace_s,
+        auth_token=args.auth_token, catalogue_path=args.catalogue_path)
+    return serve(settings)

@@ -1,0 +1,108 @@
+"""Assemble and run the control plane: store, scheduler host, controller,
+gRPC API with health checking and reflection beside it."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane.api.servicers import AdminServicer, AgentServicer, JobServicer
+from controlplane.model.catalogue import load_catalogue
+from controlplane.scheduler.host import InlineHost, RayHost, SchedulerHost
+from controlplane.services.controller import Controller
+from controlplane.settings import ServerSettings
+from controlplane.store.sqlite import SqliteStore
+from xinhe.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+)
+
+
+def make_host(settings: ServerSettings) -> SchedulerHost:
+    if settings.scheduler == "inline":
+        log.info("scheduler core hosted in-process")
+        return InlineHost()
+    if settings.scheduler == "ray":
+        host = RayHost(address=settings.ray_address or None)
+        log.info("scheduler core hosted in a Ray actor (%s)",
+                 settings.ray_address or "local Ray")
+        return host
+    raise ValueError(f"unknown scheduler host {settings.scheduler!r} (ray or inline)")
+
+
+class ControlPlane:
+    """A running control plane; ``stop()`` shuts it down gracefully."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        self.store = SqliteStore(Path(settings.data_dir) / "xinhe.db")
+        self.host = make_host(settings)
+        catalogue = load_catalogue(settings.catalogue_path or None)
+        self.controller = Controller(self.store, catalogue, settings, self.host)
+        self.health = health.HealthServicer()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers))
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.controller), self.server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.controller), self.server)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(self.controller), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {settings.listen}")
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    def start(self) -> None:
+        self.controller.start()
+        self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.controller.stop()
+        self.server.stop(grace).wait()
+        self.host.close()
+        self.store.close()
+
+
+def serve(settings: ServerSettings) -> int:
+    """Run until SIGTERM/SIGINT. Prints one 'listening on' line when ready."""
+    plane = ControlPlane(settings)
+    plane.start()
+    print(f"xinhe server listening on {plane.address}", flush=True)
+    done = threading.Event()
+
+    def _shutdown(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    done.wait()
+    plane.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve(ServerSettings.from_env()))

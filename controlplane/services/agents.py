@@ -1,0 +1,139 @@
+"""Agent sessions: Register reconciles what a returning agent holds, Connect
+carries heartbeats, replica reports and logs in, launches and stops out."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+from collections.abc import Iterator
+
+from google.protobuf.duration_pb2 import Duration
+
+from controlplane.api.errors import FailedPrecondition, InvalidArgument
+from controlplane.services.context import Context
+from controlplane.services.fleet import AgentSession
+from controlplane.services.reconcile import Reconciler
+from controlplane.services.translate import launch_messages
+from xinhe.v1 import agent_pb2
+
+log = logging.getLogger(__name__)
+
+R = agent_pb2
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+SUPPORTED = {R.PROTOCOL_VERSION_1}
+MAX_DEVICES = 1024
+
+
+def validate_register(req: agent_pb2.RegisterRequest) -> None:
+    if req.protocol_version not in SUPPORTED:
+        raise FailedPrecondition(
+            f"protocol_version {req.protocol_version} not supported (server speaks 1)")
+    for field, value in (("node_name", req.node_name), ("pool", req.pool),
+                         ("region", req.region)):
+        if not NAME.match(value):
+            raise InvalidArgument(field, "required; letters, digits, '.', '_', '-'")
+    if len(req.devices) > MAX_DEVICES:
+        raise InvalidArgument("devices", f"more than {MAX_DEVICES}")
+    if len({d.index for d in req.devices}) != len(req.devices):
+        raise InvalidArgument("devices", "device indices must be unique")
+
+
+class AgentSessions:
+    def __init__(self, ctx: Context, reconciler: Reconciler) -> None:
+        self.ctx = ctx
+        self.reconciler = reconciler
+
+    def register(self, req: agent_pb2.RegisterRequest) -> agent_pb2.RegisterResponse:
+        validate_register(req)
+        session = self.ctx.fleet.register(req, self.ctx.clock())
+        stop = [s.ref for s in req.replicas if self.reconciler.on_status(req.node_name, s).stop]
+        interval = Duration()
+        interval.FromNanoseconds(int(self.ctx.settings.heartbeat_interval_s * 1e9))
+        self.ctx.wake.set()
+        log.info("agent %s registered (pool %s, %d devices, %d replicas held, %d to stop)",
+                 req.node_name, req.pool, len(req.devices), len(req.replicas), len(stop))
+        return R.RegisterResponse(session_id=session.session_id, heartbeat_interval=interval,
+                                  stop=stop)
+
+    def connect(self, requests: Iterator[agent_pb2.AgentMessage],
+                alive: callable) -> Iterator[agent_pb2.ControlMessage]:
+        """Serve one Connect stream: a reader thread handles agent messages,
+        this generator writes the session's outbox."""
+        first = next(requests, None)
+        if first is None or not first.session_id:
+            raise InvalidArgument("session_id", "the first message must carry the session id")
+        session = self.ctx.fleet.attach(first.session_id)
+        if session is None:
+            raise FailedPrecondition("session superseded or unknown; register again")
+        self._handle(session, first)
+        self._resend_launches(session)
+        reader = threading.Thread(target=self._read, args=(session, requests),
+                                  name=f"agent-{session.node}", daemon=True)
+        reader.start()
+        try:
+            yield from self._write(session, alive)
+        finally:
+            if self.ctx.fleet.detach(session, self.ctx.clock()):
+                log.warning("agent %s disconnected", session.node)
+                self.ctx.wake.set()
+
+    def _write(self, session: AgentSession, alive: callable) -> Iterator[agent_pb2.ControlMessage]:
+        while alive() and not session.closed:
+            try:
+                message = session.outbox.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if message is None:
+                return
+            yield message
+
+    def _read(self, session: AgentSession, requests: Iterator[agent_pb2.AgentMessage]) -> None:
+        try:
+            for message in requests:
+                if session.closed:
+                    return
+                self._handle(session, message)
+        except Exception as exc:  # stream broken: the writer side ends the session
+            log.debug("agent %s stream ended: %s", session.node, exc)
+        finally:
+            session.close()
+
+    def _handle(self, session: AgentSession, message: agent_pb2.AgentMessage) -> None:
+        kind = message.WhichOneof("body")
+        now = self.ctx.clock()
+        if kind == "heartbeat":
+            if self.ctx.fleet.heartbeat(session, list(message.heartbeat.devices), now):
+                self.ctx.wake.set()
+        elif kind == "inventory":
+            self.ctx.fleet.heartbeat(session, list(message.inventory.devices), now)
+            self.ctx.wake.set()
+        elif kind == "status":
+            self._on_status(session, message.status)
+        elif kind == "logs":
+            self._on_logs(session, message.logs, now)
+
+    def _on_status(self, session: AgentSession, status: agent_pb2.ReplicaStatus) -> None:
+        verdict = self.reconciler.on_status(session.node, status)
+        if verdict.stop:
+            session.send(R.ControlMessage(stop=R.StopReplica(
+                ref=status.ref, reason="superseded: not the job's current assignment")))
+        session.send(R.ControlMessage(ack=R.Ack(agent_sequence=status.agent_sequence)))
+
+    def _on_logs(self, session: AgentSession, chunk: object, now: float) -> None:
+        self.ctx.store.append_logs([chunk], now)  # type: ignore[list-item]
+        self.ctx.notifier.notify()
+
+    def _resend_launches(self, session: AgentSession) -> None:
+        """Launches the agent may never have received (sent while it was away,
+        or lost in a control-plane restart). The agent ignores duplicates."""
+        rows = self.ctx.store.replicas_on_node(session.node, active_only=True)
+        pending = {r.job_id for r in rows if r.state == R.REPLICA_STATE_UNSPECIFIED}
+        for job_id in sorted(pending):
+            job = self.ctx.store.get_job(job_id)
+            if job is None:
+                continue
+            for node, message in launch_messages(job):
+                if node == session.node:
+                    session.send(message)

@@ -1,0 +1,83 @@
+"""The control plane's engine: wires the services and runs the background
+loop (scheduling rounds on change or interval, lost-node detection)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from controlplane.model import states
+from controlplane.model.catalogue import Catalogue
+from controlplane.scheduler.host import SchedulerHost
+from controlplane.scheduler.types import Policy
+from controlplane.services.agents import AgentSessions
+from controlplane.services.context import Context
+from controlplane.services.fleet import Fleet
+from controlplane.services.jobs import JobService
+from controlplane.services.reconcile import Reconciler
+from controlplane.services.scheduling import RoundResult, run_round
+from controlplane.settings import ServerSettings
+from controlplane.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(self, store: Store, catalogue: Catalogue, settings: ServerSettings,
+                 host: SchedulerHost, policy: Policy | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.ctx = Context(store=store, fleet=Fleet(store, clock()), catalogue=catalogue,
+                           settings=settings, clock=clock)
+        self.host = host
+        self.policy = policy or Policy()
+        self.reconciler = Reconciler(self.ctx)
+        self.jobs = JobService(self.ctx)
+        self.agents = AgentSessions(self.ctx, self.reconciler)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_round: RoundResult | None = None
+        self._restore_allocations()
+
+    def _restore_allocations(self) -> None:
+        """Rebuild device holds from durable state after a (re)start."""
+        for job in self.ctx.store.jobs_in_states(states.ACTIVE):
+            self.ctx.allocations.hold(job.id, job.attempt, job.placement)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="controller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.ctx.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.ctx.fleet.close_all()
+
+    def tick(self) -> RoundResult:
+        """One pass of the loop: handle lost nodes, then a scheduling round."""
+        now = self.ctx.clock()
+        for node in self.ctx.fleet.lost_nodes(now, self.ctx.settings.node_lost_timeout_s):
+            jobs = self.reconciler.on_node_lost(node)
+            log.warning("node %s lost: %d job(s) requeued or failed", node, len(jobs))
+        result = run_round(self.ctx, self.host, self.policy)
+        self.last_round = result
+        return result
+
+    def _loop(self) -> None:
+        interval = self.ctx.settings.schedule_interval_s
+        while not self._stop.is_set():
+            self.ctx.wake.wait(interval)
+            self.ctx.wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                result = self.tick()
+                if result.placed:
+                    log.info("round: %d pending, %d placed in %.1f ms", result.pending,
+                             result.placed, result.seconds * 1000)
+            except Exception:
+                log.exception("scheduling round failed; retrying next interval")
+                time.sleep(min(interval, 1.0))

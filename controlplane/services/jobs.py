@@ -1,0 +1,173 @@
+"""Tenant operations: submit, read, cancel, and follow a job's events and logs."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+from google.protobuf.duration_pb2 import Duration
+
+from controlplane.api.errors import InvalidArgument, NotFound
+from controlplane.model import states
+from controlplane.model.spec import validate_spec
+from controlplane.scheduler.core import schedule
+from controlplane.scheduler.types import ClusterSnapshot, Policy
+from controlplane.services.allocations import Allocations
+from controlplane.services.context import Context
+from controlplane.services.reconcile import FINAL
+from controlplane.services.scheduling import model_speeds
+from controlplane.services.translate import node_views, pending_job
+from controlplane.store.base import Transition
+from xinhe.v1 import agent_pb2, common_pb2
+
+J = common_pb2
+MAX_CLIENT_KEY = 128
+MAX_PAGE = 1000
+FOLLOW_POLL_S = 0.5
+
+
+def new_job_id() -> str:
+    return "j-" + secrets.token_hex(6)
+
+
+class JobService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    # -- submit -------------------------------------------------------------
+    def submit(self, spec: common_pb2.JobSpec, client_key: str) -> tuple[common_pb2.Job, bool]:
+        """Validate, check the job can ever fit the fleet, persist, wake the
+        scheduler. Idempotent on (tenant, client_key)."""
+        if len(client_key) > MAX_CLIENT_KEY:
+            raise InvalidArgument("client_key", f"longer than {MAX_CLIENT_KEY} characters")
+        validate_spec(spec, self.ctx.catalogue)
+        tenant = spec.queue.split("/", 1)[0]
+        job = J.Job(id=new_job_id(), tenant=tenant, client_key=client_key, spec=spec,
+                    state=J.JOB_STATE_QUEUED, attempt=1)
+        if client_key:
+            existing = self._existing(tenant, client_key)
+            if existing is not None:
+                return existing, False
+        self._check_can_ever_fit(job)
+        stored, created = self.ctx.store.create_job(job, self.ctx.clock())
+        if created:
+            self.ctx.wake.set()
+            self.ctx.notifier.notify()
+        return stored, created
+
+    def _existing(self, tenant: str, client_key: str) -> common_pb2.Job | None:
+        # A fast path only: create_job resolves the key atomically as well.
+        return self.ctx.store.find_job_by_key(tenant, client_key)
+
+    def _check_can_ever_fit(self, job: common_pb2.Job) -> None:
+        """Reject at submit a job no known node could ever hold. With no node
+        known yet (fresh start) the job is accepted and waits."""
+        nodes = self.ctx.fleet.nodes()
+        if not nodes:
+            return
+        for node in nodes:
+            node.status = J.NODE_STATUS_READY  # assume every node up and empty
+            for dev in node.devices:
+                dev.healthy = True
+        views = node_views(nodes, Allocations(), self.ctx.catalogue)
+        snap = ClusterSnapshot(nodes=tuple(views), model_speed=model_speeds(self.ctx))
+        decision = schedule(snap, [pending_job(job, 0, self.ctx.catalogue)], Policy(), 0.0)
+        for wait in decision.waiting:
+            if wait.never_fits:
+                raise InvalidArgument("spec.resources", f"can never be placed: {wait.reason}")
+
+    # -- read ---------------------------------------------------------------
+    def get(self, job_id: str) -> common_pb2.Job:
+        if not job_id:
+            raise InvalidArgument("job_id", "required")
+        job = self.ctx.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        return self._with_wait_reason(job)
+
+    def list(self, request_states: list[int], queue: str, page_size: int,
+             page_token: str) -> tuple[list[common_pb2.Job], str]:
+        if page_size > MAX_PAGE:
+            raise InvalidArgument("page_size", f"at most {MAX_PAGE}")
+        before = None
+        if page_token:
+            if not page_token.isdigit():
+                raise InvalidArgument("page_token", "not a token from a previous page")
+            before = int(page_token)
+        jobs, cursor = self.ctx.store.list_jobs(
+            states=request_states, queue=queue or None, limit=page_size or 100, before_seq=before)
+        return [self._with_wait_reason(j) for j in jobs], "" if cursor is None else str(cursor)
+
+    def _with_wait_reason(self, job: common_pb2.Job) -> common_pb2.Job:
+        if job.state == J.JOB_STATE_QUEUED and not job.state_reason:
+            reason = self.ctx.wait_reasons.get(job.id)
+            if reason:
+                job.state_reason = reason
+        return job
+
+    # -- cancel -------------------------------------------------------------
+    def cancel(self, job_id: str, reason: str) -> common_pb2.Job:
+        """End a job. Queued jobs end at once; live replicas are told to stop
+        and keep their devices until their agents report them stopped."""
+        ctx = self.ctx
+        with ctx.lock:
+            job = self.get(job_id)
+            if states.is_terminal(job.state):
+                return job
+            message = reason or "cancelled by request"
+            updated = ctx.store.apply([Transition(
+                job_id=job.id, to_state=J.JOB_STATE_CANCELLED, kind="cancelled",
+                message=message, expect_epoch=job.epoch,
+                updates=J.Job(state_reason=message))], ctx.clock())[-1]
+            rows = ctx.store.replicas(job.id, job.attempt) if job.placement.replicas else []
+        self._stop(rows, message)
+        ctx.wait_reasons.pop(job.id, None)
+        ctx.notifier.notify()
+        return updated
+
+    def _stop(self, rows: list, reason: str) -> None:
+        grace = Duration()
+        grace.FromNanoseconds(int(self.ctx.settings.stop_grace_s * 1e9))
+        for row in rows:
+            if row.state in FINAL:
+                continue
+            ref = agent_pb2.ReplicaRef(job_id=row.job_id, attempt=row.attempt, rank=row.rank,
+                                       epoch=row.epoch)
+            self.ctx.fleet.send(row.node, agent_pb2.ControlMessage(
+                stop=agent_pb2.StopReplica(ref=ref, reason=reason, grace=grace)))
+
+    # -- follow -------------------------------------------------------------
+    def watch(self, job_id: str, after: int, follow: bool,
+              alive: callable) -> Iterator[common_pb2.JobEvent]:
+        """Events after ``after``; with follow, until the job ends."""
+        self.get(job_id)
+        yield from self._follow(job_id, after, follow, alive,
+                                lambda cursor: self.ctx.store.events(job_id, cursor))
+
+    def logs(self, job_id: str, after: int, follow: bool, rank: int | None,
+             alive: callable) -> Iterator[common_pb2.LogChunk]:
+        self.get(job_id)
+        yield from self._follow(job_id, after, follow, alive,
+                                lambda cursor: self.ctx.store.logs(job_id, cursor, rank))
+
+    def _follow(self, job_id: str, after: int, follow: bool, alive: callable,
+                fetch: callable) -> Iterator:
+        cursor, seen = after, self.ctx.notifier.generation
+        while True:
+            batch = fetch(cursor)
+            for item in batch:
+                cursor = item.sequence
+                yield item
+            if batch:
+                continue
+            job = self.ctx.store.get_job(job_id)
+            if not follow or job is None or states.is_terminal(job.state):
+                final = fetch(cursor)  # anything written between the reads
+                yield from final
+                if not final:
+                    return
+                cursor = final[-1].sequence
+                continue
+            if not alive():
+                return
+            seen = self.ctx.notifier.wait(seen, FOLLOW_POLL_S)

@@ -1,0 +1,154 @@
+"""React to what agents report: replica states become job states.
+
+Fencing: a report counts only when it matches the job's current attempt and
+epoch. Anything else (an agent back from a partition, a replica of a job that
+was requeued or cancelled) is answered with a stop, so no job runs twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.duration_pb2 import Duration
+
+from controlplane.model import states
+from controlplane.services.context import Context
+from controlplane.store.base import ReplicaRecord, Transition
+from xinhe.v1 import agent_pb2, common_pb2
+
+log = logging.getLogger(__name__)
+
+J = common_pb2
+R = agent_pb2
+LIVE = frozenset({R.REPLICA_STATE_STARTING, R.REPLICA_STATE_RUNNING})
+FINAL = frozenset({R.REPLICA_STATE_SUCCEEDED, R.REPLICA_STATE_FAILED, R.REPLICA_STATE_STOPPED})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a replica report led to: stop it (stale), and/or a job change."""
+
+    stop: bool = False
+    job: common_pb2.Job | None = None
+
+
+def next_transition(job: common_pb2.Job, rows: Sequence[ReplicaRecord]) -> list[Transition]:
+    """The job-state change the replica rows of its current attempt call for.
+
+    Pure: no store access. Returns [] when nothing changes, or a chain of
+    transitions (a short job may go SCHEDULED -> STARTING -> SUCCEEDED at once).
+    """
+    if states.is_terminal(job.state) or not rows:
+        return []
+    replica_states = [r.state for r in rows]
+    failed = [r for r in rows if r.state in (R.REPLICA_STATE_FAILED, R.REPLICA_STATE_STOPPED)]
+    if failed:
+        return [_failure(job, failed[0])]
+    chain: list[Transition] = []
+    current = job.state
+    if current == J.JOB_STATE_SCHEDULED and any(s != R.REPLICA_STATE_UNSPECIFIED
+                                                 for s in replica_states):
+        chain.append(_to(job, J.JOB_STATE_STARTING, "started", "replica processes starting"))
+        current = J.JOB_STATE_STARTING
+    if all(s == R.REPLICA_STATE_SUCCEEDED for s in replica_states):
+        chain.append(_to(job, J.JOB_STATE_SUCCEEDED, "succeeded", "every replica exited 0"))
+    elif current == J.JOB_STATE_STARTING and all(
+            s in (R.REPLICA_STATE_RUNNING, R.REPLICA_STATE_SUCCEEDED) for s in replica_states):
+        chain.append(_to(job, J.JOB_STATE_RUNNING, "running", "every replica running"))
+    return chain
+
+
+def _to(job: common_pb2.Job, state: int, kind: str, message: str) -> Transition:
+    return Transition(job_id=job.id, to_state=state, kind=kind, message=message,
+                      expect_epoch=job.epoch)
+
+
+def _failure(job: common_pb2.Job, row: ReplicaRecord) -> Transition:
+    what = (f"replica {row.rank} on {row.node} "
+            + ("was stopped" if row.state == R.REPLICA_STATE_STOPPED
+               else f"exited with code {row.exit_code}"))
+    if row.message:
+        what += f": {row.message}"
+    return failure_or_retry(job, what, row.exit_code)
+
+
+def failure_or_retry(job: common_pb2.Job, what: str, exit_code: int = 0) -> Transition:
+    """Requeue with a new attempt while the retry policy allows, else fail."""
+    if job.attempt < max(1, job.spec.retry.max_attempts):
+        return Transition(
+            job_id=job.id, to_state=J.JOB_STATE_QUEUED, kind="retrying",
+            message=f"{what}; retrying (attempt {job.attempt + 1} of "
+                    f"{job.spec.retry.max_attempts})",
+            expect_epoch=job.epoch, increment_attempt=True, clear_placement=True,
+            updates=common_pb2.Job(state_reason=what),
+        )
+    return Transition(job_id=job.id, to_state=J.JOB_STATE_FAILED, kind="failed", message=what,
+                      expect_epoch=job.epoch,
+                      updates=common_pb2.Job(exit_code=exit_code, state_reason=what))
+
+
+class Reconciler:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_status(self, node: str, status: agent_pb2.ReplicaStatus) -> Verdict:
+        """Record one replica report and move its job on. Durable on return."""
+        ctx, ref = self.ctx, status.ref
+        with ctx.lock:
+            row = ctx.store.update_replica(ref, status.state, status.exit_code, status.message)
+            if status.state in FINAL:
+                ctx.allocations.release(ref.job_id, ref.attempt, node=node, rank=ref.rank)
+            job = ctx.store.get_job(ref.job_id)
+            if row is None or job is None or not _is_current(job, ref):
+                return Verdict(stop=status.state in LIVE)
+            chain = next_transition(job, ctx.store.replicas(job.id, job.attempt))
+            if not chain:
+                return Verdict()
+            updated = ctx.store.apply(chain, ctx.clock())[-1]
+        self._after_change(job, updated)
+        return Verdict(job=updated)
+
+    def on_node_lost(self, node: str) -> list[common_pb2.Job]:
+        """The node's agent has been gone past the timeout: its jobs are lost."""
+        ctx = self.ctx
+        changed = []
+        with ctx.lock:
+            for row in ctx.store.replicas_on_node(node, active_only=True):
+                job = ctx.store.get_job(row.job_id)
+                if job is None or states.is_terminal(job.state) or row.attempt != job.attempt:
+                    continue
+                t = failure_or_retry(job, f"node {node} lost (agent gone)")
+                changed.append((job, ctx.store.apply([t], ctx.clock())[-1]))
+            for idx_hold in list(ctx.allocations.held_on(node).values()):
+                ctx.allocations.release(idx_hold.job_id, idx_hold.attempt, node=node)
+            ctx.fleet.forget_lost(node)
+        for old, new in changed:
+            self._after_change(old, new)
+        return [new for _, new in changed]
+
+    def _after_change(self, old: common_pb2.Job, new: common_pb2.Job) -> None:
+        """Side effects of a job change, outside the lock: stop the other
+        replicas of a failed or requeued attempt, wake the scheduler."""
+        if new.state in (J.JOB_STATE_QUEUED, J.JOB_STATE_FAILED):
+            self.stop_replicas(old, f"job {states.state_name(new.state).lower()}")
+        if new.state != old.state:
+            self.ctx.wake.set()
+        self.ctx.notifier.notify()
+
+    def stop_replicas(self, job: common_pb2.Job, reason: str) -> None:
+        """Tell agents to stop every still-live replica of the job's attempt."""
+        grace = Duration()
+        grace.FromNanoseconds(int(self.ctx.settings.stop_grace_s * 1e9))
+        for row in self.ctx.store.replicas(job.id, job.attempt):
+            if row.state in FINAL:
+                continue
+            ref = R.ReplicaRef(job_id=job.id, attempt=row.attempt, rank=row.rank, epoch=row.epoch)
+            stop = R.StopReplica(ref=ref, reason=reason, grace=grace)
+            self.ctx.fleet.send(row.node, R.ControlMessage(stop=stop))
+
+
+def _is_current(job: common_pb2.Job, ref: agent_pb2.ReplicaRef) -> bool:
+    return (not states.is_terminal(job.state) and job.attempt == ref.attempt
+            and job.epoch == ref.epoch)

@@ -1,0 +1,126 @@
+"""One scheduling round: load -> compute (pure core, maybe on Ray) -> apply.
+
+The core only proposes; this module makes proposals durable (QUEUED ->
+SCHEDULED with a fresh fencing epoch, in one transaction), marks devices held
+and then sends launch instructions to the agents.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from controlplane.model import states
+from controlplane.scheduler.host import SchedulerHost
+from controlplane.scheduler.types import ClusterSnapshot, Decisions, Policy
+from controlplane.services.context import Context
+from controlplane.services.translate import (
+    launch_messages,
+    node_views,
+    pending_job,
+    placement_proto,
+    running_view,
+)
+from controlplane.store.base import ConflictError, Transition
+from xinhe.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+QUEUED = common_pb2.JOB_STATE_QUEUED
+SCHEDULED = common_pb2.JOB_STATE_SCHEDULED
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    pending: int
+    placed: int
+    seconds: float
+
+
+def model_speeds(ctx: Context) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((m, ctx.catalogue.relative_speed(m)) for m in ctx.catalogue.models))
+
+
+def snapshot(ctx: Context) -> ClusterSnapshot:
+    active = ctx.store.jobs_in_states(states.ACTIVE)
+    return ClusterSnapshot(
+        nodes=tuple(node_views(ctx.fleet.nodes(), ctx.allocations, ctx.catalogue)),
+        running=tuple(running_view(j) for j in active if j.placement.replicas),
+        model_speed=model_speeds(ctx),
+    )
+
+
+def run_round(ctx: Context, host: SchedulerHost, policy: Policy) -> RoundResult:
+    started = time.perf_counter()
+    now = ctx.clock()
+    with ctx.lock:
+        queued = ctx.store.jobs_in_states([QUEUED])
+        if not queued:
+            return RoundResult(0, 0, time.perf_counter() - started)
+        snap = snapshot(ctx)
+        pending = [pending_job(j, i, ctx.catalogue) for i, j in enumerate(queued)]
+    decisions = host.schedule(snap, pending, policy, now)
+    placed = apply_decisions(ctx, decisions, now)
+    return RoundResult(len(pending), len(placed), time.perf_counter() - started)
+
+
+def apply_decisions(ctx: Context, decisions: Decisions, now: float) -> list[common_pb2.Job]:
+    """Persist placements, hold devices, record wait reasons, send launches."""
+    with ctx.lock:
+        for wait in decisions.waiting:
+            prefix = "unschedulable: " if wait.never_fits else ""
+            ctx.wait_reasons[wait.job_id] = prefix + wait.reason
+        transitions = _placement_transitions(ctx, decisions)
+        jobs = _apply_each_or_all(ctx, transitions, now)
+        for job in jobs:
+            ctx.allocations.hold(job.id, job.attempt, job.placement)
+            ctx.wait_reasons.pop(job.id, None)
+    for job in jobs:
+        for node, message in launch_messages(job):
+            ctx.fleet.send(node, message)
+    if jobs:
+        ctx.notifier.notify()
+    return jobs
+
+
+def _placement_transitions(ctx: Context, decisions: Decisions) -> list[Transition]:
+    ports: dict[str, set[int]] = {}
+    out = []
+    for decision in decisions.placements:
+        first = ctx.fleet.node(decision.replicas[0].node)
+        address = first.address if first and first.address else "127.0.0.1"
+        port = _port(ctx, address, ports.setdefault(address, set()))
+        placement = placement_proto(decision, address, port)
+        out.append(Transition(
+            job_id=decision.job_id, to_state=SCHEDULED, kind="placed",
+            message=decision.explanation, expect_states=frozenset({QUEUED}),
+            updates=common_pb2.Job(placement=placement), new_epoch=True,
+        ))
+    return out
+
+
+def _port(ctx: Context, address: str, taken: set[int]) -> int:
+    port = ctx.allocations.pick_port(address)
+    while port in taken:
+        port += 1
+    taken.add(port)
+    return port
+
+
+def _apply_each_or_all(ctx: Context, transitions: list[Transition],
+                       now: float) -> list[common_pb2.Job]:
+    """One transaction for the round; if a guard fails (a job was cancelled
+    meanwhile), fall back to one transaction per job so the rest still land."""
+    if not transitions:
+        return []
+    try:
+        return ctx.store.apply(transitions, now)
+    except ConflictError:
+        applied = []
+        for t in transitions:
+            try:
+                applied.extend(ctx.store.apply([t], now))
+            except ConflictError:
+                log.info("job %s changed before placement; skipped", t.job_id)
+        return applied

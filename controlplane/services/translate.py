@@ -1,0 +1,110 @@
+"""Translations between stored jobs/nodes and the scheduler core's values,
+and from placements to agent launch instructions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from google.protobuf.duration_pb2 import Duration
+
+from controlplane.model.catalogue import Catalogue
+from controlplane.model.spec import resolve_variant
+from controlplane.scheduler.types import (
+    NodeView,
+    PendingJob,
+    PlacementDecision,
+    RunningView,
+)
+from controlplane.services.allocations import Allocations
+from xinhe.v1 import agent_pb2, common_pb2
+
+
+def pending_job(job: common_pb2.Job, order: int, catalogue: Catalogue) -> PendingJob:
+    """The core's view of a queued job; model names become catalogue names."""
+    spec = job.spec
+    res = spec.resources
+    models = set()
+    for name in res.models:
+        chip = catalogue.find_model(name)
+        models.add(chip.model if chip else name)
+    return PendingJob(
+        job_id=job.id, tenant=job.tenant, queue=spec.queue, priority=spec.priority,
+        order=order, replicas=spec.replicas, devices_per_replica=res.accelerators,
+        min_device_memory_bytes=res.min_device_memory_bytes, cpu_millis=res.cpu_millis,
+        memory_bytes=res.memory_bytes, families=frozenset(f.lower() for f in res.families),
+        models=frozenset(models),
+        reference_runtime_s=spec.reference_runtime.ToTimedelta().total_seconds(),
+        submitted_at=job.created_at.ToNanoseconds() / 1e9,
+    )
+
+
+def node_views(nodes: Iterable[common_pb2.Node], allocations: Allocations,
+               catalogue: Catalogue) -> list[NodeView]:
+    """One NodeView per node (per model on the rare mixed node)."""
+    views = []
+    for node in nodes:
+        by_model: dict[str, list[common_pb2.Device]] = {}
+        for dev in node.devices:
+            by_model.setdefault(dev.model, []).append(dev)
+        schedulable = node.status == common_pb2.NODE_STATUS_READY
+        for model, devices in sorted(by_model.items()):
+            healthy = [d.index for d in devices if d.healthy]
+            chip = catalogue.find_model(model)
+            views.append(NodeView(
+                name=node.name, pool=node.pool, region=node.region,
+                family=devices[0].family or (chip.family if chip else ""),
+                model=chip.model if chip else model,
+                device_memory_bytes=min(d.memory_bytes for d in devices),
+                total_devices=len(devices),
+                free_devices=allocations.free_indices(node.name, healthy),
+                schedulable=schedulable, address=node.address,
+            ))
+    return views
+
+
+def running_view(job: common_pb2.Job) -> RunningView:
+    placement = job.placement
+    start = (job.started_at or job.scheduled_at).ToNanoseconds() / 1e9
+    runtime = placement.estimated_runtime.ToTimedelta().total_seconds()
+    devices = sum(len(r.device_indices) for r in placement.replicas)
+    return RunningView(job_id=job.id, pool=placement.pool, model=placement.model,
+                       devices=devices, expected_end=start + runtime if runtime else None)
+
+
+def placement_proto(decision: PlacementDecision, address: str, port: int) -> common_pb2.Placement:
+    placement = common_pb2.Placement(
+        pool=decision.pool, region=decision.region, family=decision.family,
+        model=decision.model, master_addr=address, master_port=port,
+        explanation=decision.explanation,
+    )
+    placement.estimated_runtime.CopyFrom(_duration(decision.estimated_runtime_s))
+    for rep in decision.replicas:
+        placement.replicas.add(rank=rep.rank, node=rep.node, device_indices=rep.device_indices)
+    return placement
+
+
+def launch_messages(job: common_pb2.Job) -> list[tuple[str, agent_pb2.ControlMessage]]:
+    """(node, LaunchReplica) for every replica of the job's current placement."""
+    spec, placement = job.spec, job.placement
+    command, env = resolve_variant(spec, placement.family, placement.model)
+    out = []
+    for rep in placement.replicas:
+        launch = agent_pb2.LaunchReplica(
+            ref=agent_pb2.ReplicaRef(job_id=job.id, attempt=job.attempt, rank=rep.rank,
+                                     epoch=job.epoch),
+            job_name=spec.name, tenant=job.tenant, command=command, env=env,
+            working_dir=spec.working_dir, family=placement.family, model=placement.model,
+            device_indices=rep.device_indices, world_size=len(placement.replicas),
+            master_addr=placement.master_addr, master_port=placement.master_port,
+            checkpoint_dir=spec.checkpoint_dir, cpu_millis=spec.resources.cpu_millis,
+            memory_bytes=spec.resources.memory_bytes,
+        )
+        launch.max_runtime.CopyFrom(spec.max_runtime)
+        out.append((rep.node, agent_pb2.ControlMessage(launch=launch)))
+    return out
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d

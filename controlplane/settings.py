@@ -1,0 +1,61 @@
+"""Control-plane settings: one frozen object, a documented default per field,
+overridable by ``XINHE_*`` environment variables and then by flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    # host:port the gRPC API (tenants, operators, agents) listens on.
+    listen: str = "127.0.0.1:50051"
+    # Directory of the embedded SQLite store.
+    data_dir: Path = Path("./xinhe-data")
+    # "ray" hosts the scheduler core in a Ray actor; "inline" runs it
+    # in-process (tests, tiny installs).
+    scheduler: str = "ray"
+    # Join an existing Ray cluster at this address; empty = start Ray locally.
+    ray_address: str = ""
+    # Agents send a heartbeat at least this often (seconds).
+    heartbeat_interval_s: float = 2.0
+    # A disconnected node's jobs are declared lost after this long (seconds).
+    node_lost_timeout_s: float = 30.0
+    # Scheduling rounds run on every change and at least this often (seconds).
+    schedule_interval_s: float = 1.0
+    # SIGTERM-to-SIGKILL grace when stopping replicas (seconds).
+    stop_grace_s: float = 10.0
+    # When set, every call must carry `authorization: Bearer <token>`.
+    auth_token: str = ""
+    # gRPC worker threads.
+    max_workers: int = 64
+    # Optional chip catalogue file replacing the packaged one.
+    catalogue_path: str = ""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServerSettings:
+        """Defaults overridden by XINHE_<FIELD> variables (upper case)."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = env.get("XINHE_" + f.name.upper())
+            if raw is not None:
+                values[f.name] = _coerce(f.type, raw)
+        return cls(**values)
+
+    def override(self, **changes: object) -> ServerSettings:
+        """A copy with the given non-None values replaced (flags win)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _coerce(type_name: object, raw: str) -> object:
+    kind = str(type_name)
+    if "float" in kind:
+        return float(raw)
+    if "int" in kind:
+        return int(raw)
+    if "Path" in kind:
+        return Path(raw)
+    return raw
