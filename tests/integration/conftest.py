@@ -63,7 +63,14 @@ def train_spec(name: str, *, queue: str = "lab-a/default", replicas: int = 1, de
 
 
 def job_logs(client: XinheClient, job_id: str) -> str:
-    return b"".join(c.data for c in client.logs(job_id)).decode(errors="replace")
+    """A job's output, each replica's stream reassembled before joining, so
+    chunk boundaries of concurrent ranks cannot split a line."""
+    streams: dict[tuple[int, int, int], bytearray] = {}
+    for chunk in client.logs(job_id):
+        streams.setdefault((chunk.attempt, chunk.rank, chunk.stream), bytearray()).extend(
+            chunk.data)
+    return "".join(bytes(data).decode(errors="replace") + ("" if data.endswith(b"\n") else "\n")
+                   for _, data in sorted(streams.items()) if data)
 
 
 @pytest.fixture(scope="module")
