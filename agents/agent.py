@@ -210,9 +210,14 @@ class Agent:
         # a control plane that comes back is found as quickly as we promise.
         initial_ms = max(1, int(self.config.backoff_initial * 1000))
         max_ms = max(initial_ms, int(self.config.backoff_max * 1000))
+        # Keepalive pings notice a half-open connection (a control plane that
+        # vanished without a FIN) within ~30 s; the server permits this rate.
         return [("grpc.initial_reconnect_backoff_ms", initial_ms),
                 ("grpc.min_reconnect_backoff_ms", initial_ms),
-                ("grpc.max_reconnect_backoff_ms", max_ms)]
+                ("grpc.max_reconnect_backoff_ms", max_ms),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1)]
 
     def shutdown(self, grace: float | None = None, flush_timeout: float = 2.0) -> None:
         """Stop accepting work, stop every replica, report, disconnect."""

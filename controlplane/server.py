@@ -30,6 +30,16 @@ SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
 )
 
+# Ping idle agent streams so a vanished agent is noticed, and accept the
+# agents' own keepalive pings (every 20 s) instead of closing their streams.
+SERVER_OPTIONS = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
 
 def make_host(settings: ServerSettings) -> SchedulerHost:
     if settings.scheduler == "inline":
@@ -54,7 +64,8 @@ class ControlPlane:
         catalogue = load_catalogue(settings.catalogue_path or None)
         self.controller = Controller(self.store, catalogue, settings, self.host)
         self.health = health.HealthServicer()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers),
+                                  options=SERVER_OPTIONS)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.controller), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.controller), self.server)
