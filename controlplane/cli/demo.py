@@ -107,15 +107,22 @@ def run(args: argparse.Namespace) -> int:
         try:
             return _run_demo(fleet, args)
         except KeyboardInterrupt:
+            _ignore_interrupts()  # a second Ctrl-C must not cut the clean-up short
             console.print("[yellow]interrupted: stopping every process[/yellow]")
             return 130
         finally:
+            _ignore_interrupts()
             with console.status("stopping the control plane and agents"):
                 fleet.stop()
 
 
 def _raise_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _run_demo(fleet: LocalFleet, args: argparse.Namespace) -> int:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Iterator
 
 from controlplane.cli.common import add_client_options, client, rpc_errors
+from xinhe.v1 import common_pb2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,17 +20,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def prefixed_lines(chunks: Iterable[common_pb2.LogChunk]) -> Iterator[bytes]:
+    """Whole lines, each prefixed with its rank. Chunks of concurrent ranks
+    arrive interleaved and may end mid-line, so each (rank, stream) is
+    buffered until its line is complete."""
+    pending: dict[tuple[int, int], bytes] = {}
+    for chunk in chunks:
+        key = (chunk.rank, chunk.stream)
+        lines = (pending.pop(key, b"") + chunk.data).splitlines(keepends=True)
+        if lines and not lines[-1].endswith(b"\n"):
+            pending[key] = lines.pop()
+        for line in lines:
+            yield f"[{chunk.rank}] ".encode() + line
+    for (rank, _), rest in sorted(pending.items()):
+        yield f"[{rank}] ".encode() + rest + b"\n"
+
+
 @rpc_errors
 def run(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     with client(args) as c:
+        chunks = c.logs(args.job_id, follow=args.follow, rank=args.rank)
+        pieces = prefixed_lines(chunks) if args.prefix else (ch.data for ch in chunks)
         try:
-            for chunk in c.logs(args.job_id, follow=args.follow, rank=args.rank):
-                data = chunk.data
-                if args.prefix:
-                    data = b"".join(f"[{chunk.rank}] ".encode() + line
-                                    for line in data.splitlines(keepends=True))
-                out.write(data)
+            for piece in pieces:
+                out.write(piece)
                 out.flush()
         except KeyboardInterrupt:
             return 130
