@@ -8,6 +8,7 @@ live in one place and SQLite and PostgreSQL cannot drift apart.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -16,6 +17,8 @@ from google.protobuf import timestamp_pb2
 from controlplane.model import states
 from controlplane.store.base import ConflictError, Transition
 from xinhe.v1 import common_pb2
+
+log = logging.getLogger(__name__)
 
 # Fields of a Job only the store writes; Transition.updates may not set them.
 STORE_OWNED_FIELDS = frozenset(
@@ -89,7 +92,12 @@ def transform(job: common_pb2.Job, t: Transition, now: float,
     InvalidTransition, ValueError) before touching ``job``.
     """
     check_guards(job, t)
-    states.check_transition(job.state, t.to_state)
+    try:
+        states.check_transition(job.state, t.to_state)
+    except states.InvalidTransition as exc:
+        # Refused and logged: an invalid edge means a caller's logic is wrong.
+        log.error("job %s: %s (%s)", job.id, exc, t.kind)
+        raise
     if t.updates is not None:
         check_updates(t.updates)
     from_state = job.state

@@ -109,3 +109,17 @@ def test_state_names() -> None:
     assert state_name(QUEUED) == "QUEUED"
     assert state_name(0) == "UNSPECIFIED"
     assert state_name(999) == "UNKNOWN(999)"
+
+
+def test_store_logs_a_refused_transition(tmp_path, caplog) -> None:
+    from controlplane.store.base import Transition
+    from controlplane.store.sqlite import SqliteStore
+    from xinhe.v1 import common_pb2
+
+    store = SqliteStore(tmp_path / "x.db")
+    job = common_pb2.Job(id="j-1", tenant="t", spec=common_pb2.JobSpec(queue="t/q"))
+    store.create_job(job, 1.0)
+    with caplog.at_level("ERROR"), pytest.raises(InvalidTransition):
+        store.apply([Transition("j-1", common_pb2.JOB_STATE_SUCCEEDED, "bogus")], 2.0)
+    assert "j-1" in caplog.text and "QUEUED" in caplog.text and "SUCCEEDED" in caplog.text
+    store.close()
