@@ -166,3 +166,28 @@ def test_health_and_reflection_are_served(client: XinheClient, fleet) -> None:
     names = {s.name for s in reply.list_services_response.service}
     assert {"xinhe.v1.JobService", "xinhe.v1.AdminService", "xinhe.v1.AgentService"} <= names
     channel.close()
+
+
+def test_watch_follows_until_the_end_and_resumes_from_a_cursor(client: XinheClient) -> None:
+    job = client.submit(train_spec("watched", models=("H100",), steps=20, step_sleep=0.02))
+    events = list(client.watch(job.id, follow=True))  # returns when the job ends
+    assert events[-1].to_state == J.JOB_STATE_SUCCEEDED
+    sequences = [e.sequence for e in events]
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+    assert [e.to_state for e in events][:2] == [J.JOB_STATE_QUEUED, J.JOB_STATE_SCHEDULED]
+    resumed = list(client.watch(job.id, after=events[1].sequence))
+    assert [e.sequence for e in resumed] == sequences[2:]
+
+
+def test_cancelling_a_queued_job_ends_it_at_once(client: XinheClient) -> None:
+    # Needs more H100 devices than exist free... so it waits; cancel it there.
+    blocker = client.submit(train_spec("blocker", models=("H100",), devices=8, steps=100000,
+                                       step_sleep=0.01))
+    wait_for(lambda: client.get(blocker.id).state == J.JOB_STATE_RUNNING, 30, "blocker")
+    waiting = client.submit(train_spec("waiting", models=("H100",), devices=8))
+    wait_for(lambda: client.get(waiting.id).state_reason, 10, "a wait reason")
+    assert client.get(waiting.id).state == J.JOB_STATE_QUEUED
+    assert client.cancel(waiting.id).state == J.JOB_STATE_CANCELLED
+    client.cancel(blocker.id)
+    assert wait_terminal(client, blocker.id).state == J.JOB_STATE_CANCELLED
+    assert not client.get(waiting.id).placement.replicas
