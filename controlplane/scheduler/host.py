@@ -52,20 +52,11 @@ class InlineHost:
         """Nothing to release."""
 
 
-class SchedulerShard:
+class SchedulerShard(InlineHost):
     """The Ray actor body: the core for one shard of pools. Stateless."""
 
     def __init__(self, shard_id: int) -> None:
         self.shard_id = shard_id
-
-    def schedule(
-        self,
-        snapshot: ClusterSnapshot,
-        pending: Sequence[PendingJob],
-        policy: Policy,
-        now: float,
-    ) -> Decisions:
-        return schedule(snapshot, tuple(pending), policy, now)
 
 
 def shard_actor_name(shard_id: int, instance: str) -> str:
