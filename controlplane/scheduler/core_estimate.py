@@ -33,10 +33,17 @@ def speed_table(snapshot: ClusterSnapshot) -> dict[str, float]:
 
 
 def runtime_s(job: PendingJob, model: str, speeds: dict[str, float], policy: Policy) -> float:
-    """Expected runtime on ``model``; CPU-only jobs do not scale with the chip."""
+    """Expected runtime on ``model``; CPU-only jobs do not scale with the chip.
+
+    The job's own factor for ``model`` (``PendingJob.speed``) wins over the
+    model's prior: jobs gain unequally from a faster chip.
+    """
     reference = job.reference_runtime_s or policy.default_runtime_s
     if job.devices_per_replica == 0:
         return reference
+    for own_model, factor in job.speed:
+        if own_model == model and factor > 0:
+            return reference / factor
     return reference / speeds.get(model, 1.0)
 
 

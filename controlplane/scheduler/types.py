@@ -71,6 +71,10 @@ class PendingJob:
     models: frozenset[str] = frozenset()  # catalogue model names
     reference_runtime_s: float = 0.0  # 0 = unknown
     submitted_at: float = 0.0
+    # The job's own speed per catalogue model relative to the reference chip
+    # (measured or profiled, Gavel-style); overrides ``model_speed`` for this
+    # job on the models it names. Non-positive factors are ignored.
+    speed: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -364,3 +364,40 @@ def test_custom_ordering_seam() -> None:
         ordering=lambda queue: sorted(queue, key=lambda j: -j.order),
     )
     assert placed_ids(decisions) == ["a-1"]
+
+
+@dataclass(frozen=True)
+class OwnSpeedCase:
+    name: str
+    speed: tuple[tuple[str, float], ...]
+    pool: str  # where the job lands
+    runtime_s: float  # estimated runtime there
+
+
+# H100 prior 3.17, MLU370-X8 prior 0.31 (builders.SPEEDS); reference runtime 1000 s.
+OWN_SPEED_CASES = [
+    OwnSpeedCase("no own factors: the priors decide", (), "h100-east", 1000 / 3.17),
+    OwnSpeedCase(
+        "own factor overrides the prior and flips the choice",
+        (("H100", 0.2), ("MLU370-X8", 0.5)), "mlu-west", 1000 / 0.5,
+    ),
+    OwnSpeedCase(
+        "a model without an own factor keeps its prior",
+        (("MLU370-X8", 2.0),), "h100-east", 1000 / 3.17,
+    ),
+    OwnSpeedCase(
+        "non-positive own factors are ignored",
+        (("H100", 0.0), ("MLU370-X8", -1.0)), "h100-east", 1000 / 3.17,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", OWN_SPEED_CASES, ids=lambda c: c.name)
+def test_job_own_speed(case: OwnSpeedCase) -> None:
+    job = PendingJob(
+        job_id="j", tenant="t", queue="t/default", priority=0, order=0, replicas=1,
+        devices_per_replica=1, reference_runtime_s=1000, speed=case.speed,
+    )
+    decision = placement(run(H100 + MLU, (job,)), "j")
+    assert decision.pool == case.pool
+    assert decision.estimated_runtime_s == pytest.approx(case.runtime_s)

@@ -1,0 +1,1 @@
+"""Benchmarks of the scheduler core (``xinhe bench scheduler``)."""

@@ -1,0 +1,92 @@
+"""Measure the pure scheduler core against a naive first-fit, on one core.
+
+One *round* is one call of ``schedule(snapshot, pending, policy, now)`` on
+the benchmark's fleet and queue (:mod:`.workload`); it is repeated
+``rounds`` times from the same input to get latency percentiles. Python runs
+it on one thread, so this is a one-core figure. Peak memory is the process's
+peak resident set (``resource``), which includes the inputs.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from controlplane.bench.naive import naive_first_fit
+from controlplane.bench.workload import NOW, bench_fleet, bench_queue
+from controlplane.scheduler.core import schedule
+from controlplane.scheduler.types import ClusterSnapshot, PendingJob, Policy
+
+TARGET_PLACEMENTS_PER_S = 10_000
+CURVE_NODES = (1_000, 10_000, 50_000)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
+
+
+def nearest_rank(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, -(-len(ordered) * q // 100) - 1)] if ordered else 0.0
+
+
+def time_rounds(round_fn: Callable[[], int], rounds: int) -> dict[str, Any]:
+    """Run ``round_fn`` (returns placements made) ``rounds`` times."""
+    seconds: list[float] = []
+    placed = 0
+    for _ in range(rounds):
+        gc.collect()
+        start = time.perf_counter()
+        placed = round_fn()
+        seconds.append(time.perf_counter() - start)
+    p50 = nearest_rank(seconds, 50)
+    return {
+        "placements_per_round": placed,
+        "round_s_p50": round(p50, 6),
+        "round_s_p99": round(nearest_rank(seconds, 99), 6),
+        "placements_per_s": round(placed / p50, 1) if p50 > 0 else 0.0,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def core_round(snapshot: ClusterSnapshot, pending: Sequence[PendingJob]) -> Callable[[], int]:
+    policy = Policy()
+    return lambda: len(schedule(snapshot, pending, policy, NOW).placements)
+
+
+def bench(nodes: int, jobs: int, rounds: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Xinhe core and naive first-fit on the same fleet and queue."""
+    if nodes < 1 or jobs < 1 or rounds < 1:
+        raise ValueError("--nodes, --jobs and --rounds must be >= 1")
+    snapshot, pending = bench_fleet(nodes, seed), bench_queue(jobs, seed)
+    return {
+        "nodes": nodes,
+        "devices": sum(n.total_devices for n in snapshot.nodes),
+        "free_devices": sum(len(n.free_devices) for n in snapshot.nodes),
+        "pools": len({n.pool for n in snapshot.nodes}),
+        "models": len({n.model for n in snapshot.nodes}),
+        "pending_jobs": jobs,
+        "running_jobs": len(snapshot.running),
+        "xinhe": time_rounds(core_round(snapshot, pending), rounds),
+        "naive_first_fit": time_rounds(lambda: naive_first_fit(snapshot, pending), rounds),
+        "target_placements_per_s": TARGET_PLACEMENTS_PER_S,
+    }
+
+
+def curve(jobs: int, rounds: int = 1, sizes: Sequence[int] = CURVE_NODES,
+          seed: int = 0) -> dict[str, Any]:
+    """Round time against fleet size, queue fixed; ``growth`` compares the
+    round-time ratio with the node ratio (<= 1.0 = linear or better)."""
+    points = [bench(n, jobs, rounds, seed) for n in sorted(sizes)]
+    first, last = points[0], points[-1]
+    node_ratio = last["nodes"] / first["nodes"]
+    time_ratio = last["xinhe"]["round_s_p50"] / max(first["xinhe"]["round_s_p50"], 1e-9)
+    return {"pending_jobs": jobs, "points": points,
+            "round_time_ratio": round(time_ratio, 2), "node_ratio": node_ratio,
+            "growth_vs_linear": round(time_ratio / node_ratio, 3)}
