@@ -6,97 +6,110 @@ from collections.abc import Iterator
 
 import grpc
 
-from controlplane.api.auth import require_token
+from controlplane.api.auth import Guard
 from controlplane.api.errors import streaming, unary
 from controlplane.services.admin import AdminService
+from controlplane.services.auth import Authenticator
 from controlplane.services.controller import Controller
 from xinhe.v1 import admin_pb2, admin_pb2_grpc, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 
+def _guard(controller: Controller, service: str) -> Guard:
+    ctx = controller.ctx
+    return Guard(Authenticator(ctx.store, ctx.settings.auth_token, ctx.clock), service)
+
+
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    """Tenants see and touch only their own tenant's jobs (``tenant_scope``)."""
+
     def __init__(self, controller: Controller) -> None:
         self.jobs = controller.jobs
-        self.token = controller.ctx.settings.auth_token
+        self.guard = _guard(controller, "JobService")
 
     @unary
     def SubmitJob(self, request, context):
-        require_token(context, self.token)
-        job, created = self.jobs.submit(request.spec, request.client_key)
+        who = self.guard(context, "SubmitJob")
+        with self.guard.audited(who, "SubmitJob", request.spec.queue):
+            job, created = self.jobs.submit(request.spec, request.client_key, who.tenant_scope)
         return jobs_pb2.SubmitJobResponse(job=job, created=created)
 
     @unary
     def GetJob(self, request, context):
-        require_token(context, self.token)
-        return self.jobs.get(request.job_id)
+        who = self.guard(context, "GetJob")
+        return self.jobs.get(request.job_id, who.tenant_scope)
 
     @unary
     def ListJobs(self, request, context):
-        require_token(context, self.token)
+        who = self.guard(context, "ListJobs")
         jobs, token = self.jobs.list(list(request.states), request.queue, request.page_size,
-                                     request.page_token)
+                                     request.page_token, who.tenant_scope)
         return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @unary
     def CancelJob(self, request, context):
-        require_token(context, self.token)
-        return self.jobs.cancel(request.job_id, request.reason)
+        who = self.guard(context, "CancelJob")
+        return self.jobs.cancel(request.job_id, request.reason, who.tenant_scope)
 
     @streaming
     def WatchJob(self, request, context):
-        require_token(context, self.token)
+        who = self.guard(context, "WatchJob")
         yield from self.jobs.watch(request.job_id, request.after_sequence, request.follow,
-                                   context.is_active)
+                                   context.is_active, who.tenant_scope)
 
     @streaming
     def StreamLogs(self, request, context):
-        require_token(context, self.token)
+        who = self.guard(context, "StreamLogs")
         rank = request.rank if request.filter_rank else None
         yield from self.jobs.logs(request.job_id, request.after_sequence, request.follow, rank,
-                                  context.is_active)
+                                  context.is_active, who.tenant_scope)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self.admin = AdminService(controller.ctx)
-        self.token = controller.ctx.settings.auth_token
+        self.guard = _guard(controller, "AdminService")
 
     @unary
     def ListNodes(self, request, context):
-        require_token(context, self.token)
+        self.guard(context, "ListNodes")
         return admin_pb2.ListNodesResponse(nodes=self.admin.nodes(request.pool))
 
     @unary
     def ListPools(self, request, context):
-        require_token(context, self.token)
+        self.guard(context, "ListPools")
         return admin_pb2.ListPoolsResponse(pools=self.admin.pools())
 
     @unary
     def CordonNode(self, request, context):
-        require_token(context, self.token)
-        return self.admin.cordon(request.node, True, request.reason or "cordoned")
+        who = self.guard(context, "CordonNode")
+        node = self.admin.cordon(request.node, True, request.reason or "cordoned")
+        self.guard.admin_action(who, "CordonNode", request.node, request.reason)
+        return node
 
     @unary
     def UncordonNode(self, request, context):
-        require_token(context, self.token)
-        return self.admin.cordon(request.node, False, "")
+        who = self.guard(context, "UncordonNode")
+        node = self.admin.cordon(request.node, False, "")
+        self.guard.admin_action(who, "UncordonNode", request.node)
+        return node
 
     @unary
     def GetClusterSummary(self, request, context):
-        require_token(context, self.token)
+        self.guard(context, "GetClusterSummary")
         return self.admin.summary()
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self.sessions = controller.agents
-        self.token = controller.ctx.settings.auth_token
+        self.guard = _guard(controller, "AgentService")
 
     @unary
     def Register(self, request, context):
-        require_token(context, self.token)
+        self.guard(context, "Register")
         return self.sessions.register(request)
 
     @streaming
     def Connect(self, request_iterator: Iterator, context: grpc.ServicerContext):
-        require_token(context, self.token)
+        self.guard(context, "Connect")
         yield from self.sessions.connect(request_iterator, context.is_active)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from google.protobuf.duration_pb2 import Duration
 
-from controlplane.api.errors import InvalidArgument, NotFound
+from controlplane.api.errors import InvalidArgument, NotFound, PermissionDenied
 from controlplane.model import states
 from controlplane.model.spec import validate_spec
 from controlplane.scheduler.core import schedule
@@ -35,13 +35,17 @@ class JobService:
         self.ctx = ctx
 
     # -- submit -------------------------------------------------------------
-    def submit(self, spec: common_pb2.JobSpec, client_key: str) -> tuple[common_pb2.Job, bool]:
+    def submit(self, spec: common_pb2.JobSpec, client_key: str,
+               scope: str | None = None) -> tuple[common_pb2.Job, bool]:
         """Validate, check the job can ever fit the fleet, persist, wake the
-        scheduler. Idempotent on (tenant, client_key)."""
+        scheduler. Idempotent on (tenant, client_key). A caller scoped to a
+        tenant may only submit to that tenant's queues (PermissionDenied)."""
         if len(client_key) > MAX_CLIENT_KEY:
             raise InvalidArgument("client_key", f"longer than {MAX_CLIENT_KEY} characters")
         validate_spec(spec, self.ctx.catalogue)
         tenant = spec.queue.split("/", 1)[0]
+        if scope is not None and tenant != scope:
+            raise PermissionDenied(f"tenant {scope!r} may not submit to queue {spec.queue!r}")
         job = J.Job(id=new_job_id(), tenant=tenant, client_key=client_key, spec=spec,
                     state=J.JOB_STATE_QUEUED, attempt=1)
         if client_key:
@@ -77,16 +81,18 @@ class JobService:
                 raise InvalidArgument("spec.resources", f"can never be placed: {wait.reason}")
 
     # -- read ---------------------------------------------------------------
-    def get(self, job_id: str) -> common_pb2.Job:
+    def get(self, job_id: str, scope: str | None = None) -> common_pb2.Job:
+        """The job; NotFound also when it belongs to a tenant other than
+        ``scope`` (another tenant's job ids are not even confirmed)."""
         if not job_id:
             raise InvalidArgument("job_id", "required")
         job = self.ctx.store.get_job(job_id)
-        if job is None:
+        if job is None or (scope is not None and job.tenant != scope):
             raise NotFound(f"job {job_id} not found")
         return self._with_wait_reason(job)
 
     def list(self, request_states: list[int], queue: str, page_size: int,
-             page_token: str) -> tuple[list[common_pb2.Job], str]:
+             page_token: str, scope: str | None = None) -> tuple[list[common_pb2.Job], str]:
         if page_size > MAX_PAGE:
             raise InvalidArgument("page_size", f"at most {MAX_PAGE}")
         before = None
@@ -95,7 +101,8 @@ class JobService:
                 raise InvalidArgument("page_token", "not a token from a previous page")
             before = int(page_token)
         jobs, cursor = self.ctx.store.list_jobs(
-            states=request_states, queue=queue or None, limit=page_size or 100, before_seq=before)
+            tenant=scope, states=request_states, queue=queue or None, limit=page_size or 100,
+            before_seq=before)
         return [self._with_wait_reason(j) for j in jobs], "" if cursor is None else str(cursor)
 
     def _with_wait_reason(self, job: common_pb2.Job) -> common_pb2.Job:
@@ -106,12 +113,12 @@ class JobService:
         return job
 
     # -- cancel -------------------------------------------------------------
-    def cancel(self, job_id: str, reason: str) -> common_pb2.Job:
+    def cancel(self, job_id: str, reason: str, scope: str | None = None) -> common_pb2.Job:
         """End a job. Queued jobs end at once; live replicas are told to stop
         and keep their devices until their agents report them stopped."""
         ctx = self.ctx
         with ctx.lock:
-            job = self.get(job_id)
+            job = self.get(job_id, scope)
             if states.is_terminal(job.state):
                 return job
             message = reason or "cancelled by request"
@@ -137,16 +144,16 @@ class JobService:
                 stop=agent_pb2.StopReplica(ref=ref, reason=reason, grace=grace)))
 
     # -- follow -------------------------------------------------------------
-    def watch(self, job_id: str, after: int, follow: bool,
-              alive: callable) -> Iterator[common_pb2.JobEvent]:
+    def watch(self, job_id: str, after: int, follow: bool, alive: callable,
+              scope: str | None = None) -> Iterator[common_pb2.JobEvent]:
         """Events after ``after``; with follow, until the job ends."""
-        self.get(job_id)
+        self.get(job_id, scope)
         yield from self._follow(job_id, after, follow, alive,
                                 lambda cursor: self.ctx.store.events(job_id, cursor))
 
     def logs(self, job_id: str, after: int, follow: bool, rank: int | None,
-             alive: callable) -> Iterator[common_pb2.LogChunk]:
-        self.get(job_id)
+             alive: callable, scope: str | None = None) -> Iterator[common_pb2.LogChunk]:
+        self.get(job_id, scope)
         yield from self._follow(job_id, after, follow, alive,
                                 lambda cursor: self.ctx.store.logs(job_id, cursor, rank))
 

@@ -55,6 +55,32 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class TokenRecord:
+    """A bearer token's record; the secret itself is never stored, only its
+    SHA-256 (``token_hash``, hex)."""
+
+    id: str
+    kind: str  # "tenant" | "admin" | "agent"
+    tenant: str  # the tenant a tenant token acts for; "" otherwise
+    description: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited action: an admin action or a refused call."""
+
+    seq: int
+    time: float
+    actor: str  # "token:<id>", "admin:static", "anonymous", "cli:<user>"
+    action: str  # "tokens.create", "CordonNode", "auth.unauthenticated", ...
+    target: str
+    outcome: str  # "ok" | "denied"
+    detail: str
+
+
+@dataclass(frozen=True)
 class ReplicaRecord:
     job_id: str
     attempt: int
@@ -168,6 +194,37 @@ class Store(ABC):
 
     @abstractmethod
     def list_nodes(self) -> list[common_pb2.Node]: ...
+
+    # -- tokens and audit -----------------------------------------------------
+    @abstractmethod
+    def create_token(self, token: TokenRecord, token_hash: str) -> TokenRecord:
+        """Store a new token; ConflictError when the id or hash exists."""
+
+    @abstractmethod
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        """The token with this SHA-256 hex digest (revoked ones too), or None."""
+
+    @abstractmethod
+    def list_tokens(self) -> list[TokenRecord]:
+        """Every token, revoked ones included, oldest first."""
+
+    @abstractmethod
+    def revoke_token(self, token_id: str, now: float) -> TokenRecord:
+        """Mark a token revoked at ``now`` (kept for the audit trail); a
+        second revoke keeps the first time. NotFoundError for an unknown id."""
+
+    @abstractmethod
+    def tokens_exist(self) -> bool:
+        """Whether any token was ever created (revoked ones count: a server
+        that once required tokens never silently opens up again)."""
+
+    @abstractmethod
+    def append_audit(self, record: AuditRecord) -> AuditRecord:
+        """Append an audit record (its ``seq`` is ignored and assigned)."""
+
+    @abstractmethod
+    def audit_events(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Audit records with seq > after_seq, oldest first."""
 
     # -- lifecycle ----------------------------------------------------------
     @abstractmethod

@@ -15,15 +15,18 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from controlplane.model import states as job_states
 from controlplane.store.base import (
+    AuditRecord,
     ConflictError,
     NotFoundError,
     ReplicaRecord,
     Store,
     StoreError,
+    TokenRecord,
     Transition,
 )
 from controlplane.store.sqlite_schema import configure, migrate
@@ -32,6 +35,8 @@ from xinhe.v1 import agent_pb2, common_pb2
 
 _REPLICA_COLUMNS = "job_id, attempt, rank, epoch, node, state, exit_code, message"
 _EVENT_COLUMNS = "seq, job_id, time, from_state, to_state, kind, message, attempt"
+_TOKEN_COLUMNS = "id, kind, tenant, description, created_at, revoked_at"
+_AUDIT_COLUMNS = "seq, time, actor, action, target, outcome, detail"
 
 
 def _event(row: tuple) -> common_pb2.JobEvent:
@@ -354,3 +359,57 @@ class SqliteStore(Store):
             rows = conn.execute("SELECT data, cordoned, cordon_reason FROM nodes"
                                 " ORDER BY name").fetchall()
         return [_node(row) for row in rows]
+
+    # -- tokens and audit -------------------------------------------------------
+    def create_token(self, token: TokenRecord, token_hash: str) -> TokenRecord:
+        try:
+            with self._tx() as conn:
+                conn.execute(f"INSERT INTO tokens ({_TOKEN_COLUMNS}, token_hash)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (token.id, token.kind, token.tenant, token.description,
+                              token.created_at, token.revoked_at, token_hash))
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise ConflictError(f"token {token.id} already exists") from exc
+            raise
+        return token
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?",
+                               (token_hash,)).fetchone()
+        return TokenRecord(*row) if row else None
+
+    def list_tokens(self) -> list[TokenRecord]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens"
+                                " ORDER BY created_at, id").fetchall()
+        return [TokenRecord(*row) for row in rows]
+
+    def revoke_token(self, token_id: str, now: float) -> TokenRecord:
+        with self._tx() as conn:
+            row = conn.execute("UPDATE tokens SET revoked_at = coalesce(revoked_at, ?)"
+                               f" WHERE id = ? RETURNING {_TOKEN_COLUMNS}",
+                               (now, token_id)).fetchone()
+            if row is None:
+                raise NotFoundError(f"token {token_id} not found")
+        return TokenRecord(*row)
+
+    def tokens_exist(self) -> bool:
+        with self._tx(write=False) as conn:
+            return conn.execute("SELECT EXISTS (SELECT 1 FROM tokens)").fetchone()[0] == 1
+
+    def append_audit(self, record: AuditRecord) -> AuditRecord:
+        with self._tx() as conn:
+            seq = conn.execute(
+                "INSERT INTO audit (time, actor, action, target, outcome, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (record.time, record.actor, record.action, record.target, record.outcome,
+                 record.detail)).lastrowid
+        return replace(record, seq=seq)
+
+    def audit_events(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE seq > ?"
+                                " ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+        return [AuditRecord(*row) for row in rows]

@@ -83,6 +83,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO counters (name, value) VALUES ('epoch', 0)",
     ),
+    # 2: bearer tokens (SHA-256 of the secret only) and the audit trail.
+    (
+        """CREATE TABLE tokens (
+            id          TEXT PRIMARY KEY,
+            kind        TEXT NOT NULL,                  -- tenant | admin | agent
+            tenant      TEXT NOT NULL DEFAULT '',
+            token_hash  TEXT NOT NULL UNIQUE,           -- sha256 hex of the secret
+            description TEXT NOT NULL DEFAULT '',
+            created_at  REAL NOT NULL,
+            revoked_at  REAL
+        )""",
+        """CREATE TABLE audit (
+            seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+            time    REAL NOT NULL,
+            actor   TEXT NOT NULL,
+            action  TEXT NOT NULL,
+            target  TEXT NOT NULL DEFAULT '',
+            outcome TEXT NOT NULL,
+            detail  TEXT NOT NULL DEFAULT ''
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

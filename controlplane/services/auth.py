@@ -1,0 +1,170 @@
+"""Who may call what: bearer tokens, the identity they carry, and the audit.
+
+Three kinds of token: ``tenant`` (JobService, only its own tenant's queues
+and jobs), ``admin`` (every service) and ``agent`` (AgentService only). Only
+the SHA-256 of a token is stored; the secret is shown once, at creation.
+
+The server is open (every call allowed, the embedded demo) until a token
+exists in the store or ``--auth-token`` is set; from then on every call needs
+a valid, unrevoked bearer token. The static ``--auth-token`` acts as an
+admin token. Refused calls and admin actions go to the audit table and the
+log, so an operator can see who tried what.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn
+
+from controlplane.api.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from controlplane.store.base import AuditRecord, Store, TokenRecord
+
+log = logging.getLogger(__name__)
+
+TENANT, ADMIN, AGENT = "tenant", "admin", "agent"
+KINDS = (TENANT, ADMIN, AGENT)
+OPEN = "open"  # no token configured: every call allowed
+
+# Which token kinds may use which service.
+ALLOWED: dict[str, frozenset[str]] = {
+    "JobService": frozenset({TENANT, ADMIN, OPEN}),
+    "AdminService": frozenset({ADMIN, OPEN}),
+    "AgentService": frozenset({AGENT, ADMIN, OPEN}),
+}
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # the tenant part of a queue
+MAX_DESCRIPTION = 256
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The caller of one RPC, as established from its token."""
+
+    kind: str  # one of KINDS, or OPEN
+    tenant: str = ""
+    actor: str = OPEN  # how the audit names the caller
+
+    @property
+    def tenant_scope(self) -> str | None:
+        """The only tenant this caller may see, or None for all."""
+        return self.tenant if self.kind == TENANT else None
+
+
+OPEN_IDENTITY = Identity(OPEN)
+
+
+def hash_token(secret: str) -> str:
+    """The stored form of a token: its SHA-256, hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Auditor:
+    """Appends to the store's audit table and mirrors each record to the log."""
+
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self.store, self.clock = store, clock
+
+    def record(self, actor: str, action: str, target: str, outcome: str,
+               detail: str = "") -> AuditRecord:
+        level = logging.WARNING if outcome != "ok" else logging.INFO
+        log.log(level, "audit: %s %s %s -> %s %s", actor, action, target, outcome, detail)
+        return self.store.append_audit(AuditRecord(0, self.clock(), actor, action, target,
+                                                   outcome, detail))
+
+
+class TokenAdmin:
+    """Create, list and revoke tokens (the operator's ``xinhe admin tokens``)."""
+
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self.store, self.clock = store, clock
+        self.audit = Auditor(store, clock)
+
+    def create(self, kind: str, tenant: str = "", description: str = "",
+               actor: str = "cli") -> tuple[TokenRecord, str]:
+        """A new token and its secret (shown once, never stored)."""
+        _check_token_request(kind, tenant, description)
+        secret = secrets.token_urlsafe(32)
+        record = TokenRecord(id="t-" + secrets.token_hex(6), kind=kind, tenant=tenant,
+                             description=description, created_at=self.clock())
+        self.store.create_token(record, hash_token(secret))
+        self.audit.record(actor, "tokens.create", record.id, "ok",
+                          f"kind={kind}" + (f" tenant={tenant}" if tenant else ""))
+        return record, secret
+
+    def list(self) -> list[TokenRecord]:
+        return self.store.list_tokens()
+
+    def revoke(self, token_id: str, actor: str = "cli") -> TokenRecord:
+        """Revoke a token (NotFoundError for an unknown id); calls with it
+        are refused from the next RPC on."""
+        record = self.store.revoke_token(token_id, self.clock())
+        self.audit.record(actor, "tokens.revoke", token_id, "ok")
+        return record
+
+
+def _check_token_request(kind: str, tenant: str, description: str) -> None:
+    if kind not in KINDS:
+        raise InvalidArgument("kind", f"{kind!r} is not one of {', '.join(KINDS)}")
+    if kind == TENANT and not TENANT_RE.match(tenant):
+        raise InvalidArgument("tenant", f"a tenant token needs a tenant name (the first part "
+                                        f"of its queues, [a-z0-9-]), got {tenant!r}")
+    if kind != TENANT and tenant:
+        raise InvalidArgument("tenant", f"only tenant tokens name a tenant, not {kind} tokens")
+    if len(description) > MAX_DESCRIPTION:
+        raise InvalidArgument("description", f"longer than {MAX_DESCRIPTION} characters")
+
+
+class Authenticator:
+    """Resolves a call's bearer token to an :class:`Identity` and checks the
+    service is allowed to it; every refusal is audited."""
+
+    def __init__(self, store: Store, static_token: str, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.static_token = static_token
+        self.audit = Auditor(store, clock)
+        self._closed = bool(static_token)  # once closed, never open again
+
+    def required(self) -> bool:
+        """Whether calls need a token (a static one, or any in the store)."""
+        if not self._closed and self.store.tokens_exist():
+            self._closed = True
+        return self._closed
+
+    def check(self, bearer: str | None, service: str, method: str) -> Identity:
+        """The caller's identity; Unauthenticated for a missing, unknown or
+        revoked token, PermissionDenied when its kind may not use ``service``."""
+        if not self.required():
+            return OPEN_IDENTITY
+        identity = self._authenticate(bearer, method)
+        if identity.kind not in ALLOWED[service]:
+            self.audit.record(identity.actor, method, service, "denied",
+                              f"{identity.kind} tokens may not use {service}")
+            raise PermissionDenied(f"a {identity.kind} token may not call {service}.{method}")
+        return identity
+
+    def _authenticate(self, bearer: str | None, method: str) -> Identity:
+        if not bearer:
+            self._refuse("anonymous", method, "no bearer token")
+        if self.static_token and hmac.compare_digest(bearer.encode(),
+                                                     self.static_token.encode()):
+            return Identity(ADMIN, actor="static-token")
+        record = self.store.find_token(hash_token(bearer))
+        if record is None:
+            self._refuse("anonymous", method, "unknown token")
+        if record.revoked_at is not None:
+            self._refuse(f"token:{record.id}", method, "revoked token")
+        return Identity(record.kind, record.tenant, actor=f"token:{record.id}")
+
+    def _refuse(self, actor: str, method: str, why: str) -> NoReturn:
+        self.audit.record(actor, method, "", "unauthenticated", why)
+        raise Unauthenticated(f"{why}: send 'authorization: Bearer <token>' with a valid token")
+
+    def denied(self, identity: Identity, method: str, target: str, why: str) -> None:
+        """Audit a call refused by a rule finer than the service (another
+        tenant's queue); the caller raises the matching error."""
+        self.audit.record(identity.actor, method, target, "denied", why)
