@@ -34,6 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agents.accelerators.base import (
     AcceleratorAdapter,
+    DeviceInfo,
     NodeInventory,
     health_signature,
     render_launch_env,
@@ -175,6 +176,7 @@ class Agent:
         self._finished: OrderedDict[Key, agent_pb2.ReplicaStatus] = OrderedDict()
         self._link: _Link | None = None
         self._inventory_sig: tuple = ()
+        self.last_devices: list[DeviceInfo] = []  # latest heartbeat readings (metrics)
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
 
@@ -325,7 +327,7 @@ class Agent:
         yield agent_pb2.AgentMessage(heartbeat=heartbeat)
 
     def _heartbeat(self) -> agent_pb2.Heartbeat:
-        devices = self.inventory.refresh(telemetry=True)
+        devices = self.last_devices = self.inventory.refresh(telemetry=True)
         with self._lock:
             running = [h.ref for h in self._replicas.values()
                        if h.process is not None and not h.process.done]

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where replicas run (default ./xinhe-agent/<node>)")
     parser.add_argument("--heartbeat-interval", type=float, default=None,
                         help="seconds between heartbeats (default: the control plane's)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="serve Prometheus /metrics on this port of --address (0 = off)")
     parser.add_argument("--stop-grace", type=float, default=10.0,
                         help="seconds between SIGTERM and SIGKILL when stopping replicas")
     # SUPPRESS: `xinhe --log-level X agent` must not be overridden by a default here.
@@ -93,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     devices = sum(len(a.detect()) for a in adapters)
     log.info("agent %s: %d devices (%s), control plane %s", config.node_name, devices,
              ", ".join(sorted({a.family for a in adapters})), config.server)
+    if args.metrics_port:
+        from agents.metrics import AgentMetricsServer
+
+        AgentMetricsServer(agent).serve(config.address, args.metrics_port)
     agent.start()
     stop_requested.wait()
     agent.shutdown()

@@ -28,6 +28,7 @@ from controlplane.cli.common import console, fmt_seconds, state_name, styled_sta
 from controlplane.client import XinheClient
 from controlplane.localfleet import AgentSpec, LocalFleet
 from controlplane.model.states import is_terminal
+from controlplane.observability.demo_prometheus import DemoObservation
 from xinhe.v1 import common_pb2
 
 FLEET = (
@@ -95,6 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step-sleep", type=float, default=0.05,
                    help="seconds each job step sleeps, standing in for device time")
     p.add_argument("--timeout", type=float, default=240.0, help="give up after this long")
+    p.add_argument("--with-prometheus", action="store_true",
+                   help="export metrics and run a local Prometheus against the demo; keep "
+                        "everything up after the jobs until Ctrl-C")
+    p.add_argument("--prometheus-port", type=int, default=9090,
+                   help="port of that Prometheus (default 9090)")
     p.set_defaults(func=run)
 
 
@@ -102,10 +108,15 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     with tempfile.TemporaryDirectory(prefix="xinhe-demo-") as tmp:
         root = args.workdir or Path(tmp)
-        fleet = LocalFleet(root, FLEET, scheduler=args.scheduler,
-                           server_args=["--schedule-interval", "0.5", "--stop-grace", "3"])
+        observed = DemoObservation(root, args.with_prometheus, args.prometheus_port)
+        fleet = LocalFleet(root, observed.agents(FLEET), scheduler=args.scheduler,
+                           server_args=["--schedule-interval", "0.5", "--stop-grace", "3",
+                                        *observed.server_args()])
         try:
-            return _run_demo(fleet, args)
+            observed.start(console)
+            code = _run_demo(fleet, args)
+            observed.hold(console)
+            return code
         except KeyboardInterrupt:
             _ignore_interrupts()  # a second Ctrl-C must not cut the clean-up short
             console.print("[yellow]interrupted: stopping every process[/yellow]")
@@ -113,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             _ignore_interrupts()
             with console.status("stopping the control plane and agents"):
+                observed.stop()
                 fleet.stop()
 
 

@@ -38,6 +38,8 @@ class Controller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_round: RoundResult | None = None
+        # Observer of every round (the metrics exporter); None = nobody.
+        self.on_round: Callable[[RoundResult], None] | None = None
         self._restore_allocations()
 
     def _restore_allocations(self) -> None:
@@ -64,6 +66,8 @@ class Controller:
             log.warning("node %s lost: %d job(s) requeued or failed", node, len(jobs))
         result = run_round(self.ctx, self.host, self.policy)
         self.last_round = result
+        if self.on_round is not None:
+            self.on_round(result)
         return result
 
     def _loop(self) -> None:
