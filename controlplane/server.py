@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,10 +15,11 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane.api.servicers import AdminServicer, AgentServicer, JobServicer
 from controlplane.model.catalogue import load_catalogue
+from controlplane.observability.exporter import MetricsExporter
 from controlplane.scheduler.host import InlineHost, RayHost, SchedulerHost
 from controlplane.services.controller import Controller
 from controlplane.settings import ServerSettings
-from controlplane.store.sqlite import SqliteStore
+from controlplane.store import open_store
 from xinhe.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,17 @@ class ControlPlane:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-        self.store = SqliteStore(Path(settings.data_dir) / "xinhe.db")
+        self.metrics = MetricsExporter()
+        self.store = self.metrics.wrap_store(open_store(settings))
         self.host = make_host(settings)
         catalogue = load_catalogue(settings.catalogue_path or None)
         self.controller = Controller(self.store, catalogue, settings, self.host)
+        self.controller.on_round = self.metrics.round_finished
+        self.metrics.watch(self.controller.ctx)
         self.health = health.HealthServicer()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers),
-                                  options=SERVER_OPTIONS)
+                                  options=SERVER_OPTIONS,
+                                  interceptors=[self.metrics.interceptor()])
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.controller), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.controller), self.server)
@@ -88,13 +91,18 @@ class ControlPlane:
         self.server.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.metrics.set_ready(True)
+        if self.settings.metrics_port:
+            self.metrics.serve(self.address.rsplit(":", 1)[0], self.settings.metrics_port)
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
+        self.metrics.set_ready(False)
         self.controller.stop()
         self.server.stop(grace).wait()
         self.host.close()
         self.store.close()
+        self.metrics.close()
 
 
 def serve(settings: ServerSettings) -> int:
@@ -102,6 +110,8 @@ def serve(settings: ServerSettings) -> int:
     plane = ControlPlane(settings)
     plane.start()
     print(f"xinhe server listening on {plane.address}", flush=True)
+    if settings.metrics_port:
+        print(f"xinhe metrics on {plane.metrics.url}", flush=True)
     done = threading.Event()
 
     def _shutdown(signum: int, _frame: object) -> None:

@@ -14,6 +14,9 @@ class ServerSettings:
     listen: str = "127.0.0.1:50051"
     # Directory of the embedded SQLite store.
     data_dir: Path = Path("./xinhe-data")
+    # Store DSN; "postgresql://user@host:5432/db" uses PostgreSQL instead of
+    # SQLite in data_dir (empty = SQLite).
+    store_dsn: str = ""
     # "ray" hosts the scheduler core in a Ray actor; "inline" runs it
     # in-process (tests, tiny installs).
     scheduler: str = "ray"
@@ -33,6 +36,9 @@ class ServerSettings:
     max_workers: int = 64
     # Optional chip catalogue file replacing the packaged one.
     catalogue_path: str = ""
+    # Port of the Prometheus /metrics endpoint, on the host of `listen`;
+    # 0 = off (several control planes on one host must not collide).
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServerSettings:

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 
 from controlplane import __version__
 from controlplane.cli import (
+    admin,
     agent,
+    bench,
     cancel,
     demo,
     job,
@@ -18,10 +20,13 @@ from controlplane.cli import (
     nodes,
     pools,
     server,
+    simulate,
     submit,
+    top,
 )
 
-COMMANDS = (server, agent, submit, jobs, job, logs, cancel, nodes, pools, demo)
+COMMANDS = (server, agent, submit, jobs, job, logs, cancel, nodes, pools, demo, admin, top,
+            simulate, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "scheduler hosted on Ray). Flags override XINHE_* env.")
     p.add_argument("--listen", help="host:port for the gRPC API (default 127.0.0.1:50051)")
     p.add_argument("--data-dir", type=Path, help="store directory (default ./xinhe-data)")
+    p.add_argument("--store-dsn", help="postgresql://user@host:5432/db to use PostgreSQL "
+                                       "instead of SQLite in --data-dir")
     p.add_argument("--scheduler", choices=("ray", "inline"),
                    help="host the scheduler core on Ray (default) or in-process")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
@@ -24,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-grace", type=float, dest="stop_grace_s")
     p.add_argument("--auth-token", help="require this bearer token on every call")
     p.add_argument("--catalogue", dest="catalogue_path", help="chip catalogue YAML")
+    p.add_argument("--metrics-port", type=int, dest="metrics_port",
+                   help="serve Prometheus /metrics on this port (default 0 = off)")
     p.set_defaults(func=run)
 
 
@@ -31,9 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from controlplane.server import serve
 
     settings = ServerSettings.from_env().override(
-        listen=args.listen, data_dir=args.data_dir, scheduler=args.scheduler,
+        listen=args.listen, data_dir=args.data_dir, store_dsn=args.store_dsn,
+        scheduler=args.scheduler,
         ray_address=args.ray_address, heartbeat_interval_s=args.heartbeat_interval_s,
         node_lost_timeout_s=args.node_lost_timeout_s,
         schedule_interval_s=args.schedule_interval_s, stop_grace_s=args.stop_grace_s,
-        auth_token=args.auth_token, catalogue_path=args.catalogue_path)
+        auth_token=args.auth_token, catalogue_path=args.catalogue_path,
+        metrics_port=args.metrics_port)
     return serve(settings)
