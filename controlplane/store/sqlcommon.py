@@ -1,0 +1,226 @@
+"""What the SQL stores share: every query whose SQL is the same in SQLite and
+PostgreSQL, written once with ``?`` placeholders.
+
+A store subclass sets :attr:`SqlStore.PARAM` to its driver's marker and
+provides ``_tx(write=...)``: a context manager yielding a cursor-like object
+with ``execute(sql, params)`` / ``executemany`` whose results support
+``fetchone``/``fetchall``, committed on success and rolled back on error.
+How each database makes concurrent writers safe (one locked connection, row
+and advisory locks) stays in the subclass.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from controlplane.model import states as job_states
+from controlplane.store.base import NotFoundError, ReplicaRecord, Store, Transition
+from controlplane.store.transitions import creates_replicas, timestamp, transform
+from xinhe.v1 import agent_pb2, common_pb2
+
+REPLICA_COLUMNS = "job_id, attempt, rank, epoch, node, state, exit_code, message"
+EVENT_COLUMNS = "seq, job_id, time, from_state, to_state, kind, message, attempt"
+_LIVE_STATES = sorted(job_states.NON_TERMINAL)
+
+
+def event_from_row(row: tuple) -> common_pb2.JobEvent:
+    seq, job_id, time, from_state, to_state, kind, message, attempt = row
+    return common_pb2.JobEvent(sequence=seq, job_id=job_id, time=timestamp(time),
+                               from_state=from_state, to_state=to_state, kind=kind,
+                               message=message, attempt=attempt)
+
+
+def node_from_row(row: tuple) -> common_pb2.Node:
+    data, cordoned, reason = row
+    node = common_pb2.Node.FromString(data)
+    node.cordoned, node.cordon_reason = bool(cordoned), reason
+    return node
+
+
+def marks(n: int) -> str:
+    """``?, ?, ?`` for an IN list of ``n`` values."""
+    return ", ".join("?" * n)
+
+
+class SqlStore(Store):
+    PARAM = "?"
+
+    @abstractmethod
+    def _tx(self, write: bool = True) -> AbstractContextManager[Any]:
+        """One transaction; see the module doc."""
+
+    def _sql(self, text: str) -> str:
+        return text if self.PARAM == "?" else text.replace("?", self.PARAM)
+
+    def _run(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        return cur.execute(self._sql(sql), tuple(params))
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._tx(write=False) as cur:
+            return self._run(cur, sql, params).fetchall()
+
+    def _row(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        with self._tx(write=False) as cur:
+            return self._run(cur, sql, params).fetchone()
+
+    # -- jobs -----------------------------------------------------------------
+    def get_job(self, job_id: str) -> common_pb2.Job | None:
+        row = self._row("SELECT data FROM jobs WHERE id = ?", (job_id,))
+        return common_pb2.Job.FromString(row[0]) if row else None
+
+    def find_job_by_key(self, tenant: str, client_key: str) -> common_pb2.Job | None:
+        """See :meth:`Store.find_job_by_key`; an empty key finds nothing."""
+        if not client_key:
+            return None
+        row = self._row("SELECT data FROM jobs WHERE tenant = ? AND client_key = ?",
+                        (tenant, client_key))
+        return common_pb2.Job.FromString(row[0]) if row else None
+
+    def list_jobs(self, *, tenant: str | None = None, states: Iterable[int] = (),
+                  queue: str | None = None, limit: int = 100,
+                  before_seq: int | None = None) -> tuple[list[common_pb2.Job], int | None]:
+        """See :meth:`Store.list_jobs`. ``limit`` must be at least 1."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        where, params = ["1 = 1"], []
+        for clause, value in (("tenant = ?", tenant), ("queue = ?", queue),
+                              ("seq < ?", before_seq)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        wanted = sorted(set(states))
+        if wanted:
+            where.append(f"state IN ({marks(len(wanted))})")
+            params.extend(wanted)
+        rows = self._rows(f"SELECT seq, data FROM jobs WHERE {' AND '.join(where)}"
+                          " ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
+        page = [common_pb2.Job.FromString(data) for _, data in rows[:limit]]
+        return page, (rows[limit - 1][0] if len(rows) > limit else None)
+
+    def jobs_in_states(self, states: Iterable[int]) -> list[common_pb2.Job]:
+        wanted = sorted(set(states))
+        if not wanted:
+            return []
+        rows = self._rows(f"SELECT data FROM jobs WHERE state IN ({marks(len(wanted))})"
+                          " ORDER BY seq", wanted)
+        return [common_pb2.Job.FromString(data) for (data,) in rows]
+
+    def count_jobs_by_state(self) -> dict[int, int]:
+        return dict(self._rows("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+
+    # -- transitions (inside the subclass's apply transaction) ----------------
+    def _apply_one(self, cur: Any, t: Transition, now: float) -> common_pb2.Job:
+        row = self._run(cur, "SELECT data FROM jobs WHERE id = ?", (t.job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {t.job_id} not found")
+        job = common_pb2.Job.FromString(row[0])
+        from_state = transform(job, t, now, lambda: self._next_epoch(cur))
+        self._run(cur, "UPDATE jobs SET state = ?, priority = ?, queue = ?, attempt = ?,"
+                  " epoch = ?, updated_at = ?, data = ? WHERE id = ?",
+                  (job.state, job.spec.priority, job.spec.queue, job.attempt, job.epoch, now,
+                   job.SerializeToString(), job.id))
+        self._insert_event(cur, job.id, now, from_state, t.to_state, t.kind, t.message,
+                           job.attempt)
+        if creates_replicas(job, t):
+            self._insert_replicas(cur, job)
+        return job
+
+    def _next_epoch(self, cur: Any) -> int:
+        """The next fencing epoch, drawn in the caller's transaction (a
+        rollback gives it back)."""
+        return self._run(cur, "UPDATE counters SET value = value + 1 WHERE name = 'epoch'"
+                         " RETURNING value").fetchone()[0]
+
+    def _insert_replicas(self, cur: Any, job: common_pb2.Job) -> None:
+        """One fresh row per placed replica; a re-placement of the same
+        attempt replaces the rows it had."""
+        cur.executemany(self._sql(
+            f"INSERT INTO replicas ({REPLICA_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, 0, '')"
+            " ON CONFLICT (job_id, attempt, rank) DO UPDATE SET epoch = excluded.epoch,"
+            " node = excluded.node, state = 0, exit_code = 0, message = ''"),
+            [(job.id, job.attempt, r.rank, job.epoch, r.node) for r in job.placement.replicas])
+
+    # -- events ---------------------------------------------------------------
+    def _insert_event(self, cur: Any, job_id: str, now: float, from_state: int,
+                      to_state: int, kind: str, message: str, attempt: int) -> int:
+        """Append an event in the caller's transaction; returns its sequence."""
+        return self._run(
+            cur, "INSERT INTO events (job_id, time, from_state, to_state, kind, message,"
+            " attempt) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (job_id, now, from_state, to_state, kind, message, attempt)).fetchone()[0]
+
+    def events(self, job_id: str, after_seq: int = 0,
+               limit: int = 1000) -> list[common_pb2.JobEvent]:
+        """See :meth:`Store.events`; an unknown job has no events."""
+        rows = self._rows(f"SELECT {EVENT_COLUMNS} FROM events WHERE job_id = ? AND seq > ?"
+                          " ORDER BY seq LIMIT ?", (job_id, after_seq, limit))
+        return [event_from_row(row) for row in rows]
+
+    # -- replicas -------------------------------------------------------------
+    def replicas(self, job_id: str, attempt: int | None = None) -> list[ReplicaRecord]:
+        sql, params = f"SELECT {REPLICA_COLUMNS} FROM replicas WHERE job_id = ?", [job_id]
+        if attempt is not None:
+            sql += " AND attempt = ?"
+            params.append(attempt)
+        return [ReplicaRecord(*row) for row in self._rows(sql + " ORDER BY attempt, rank",
+                                                          params)]
+
+    def replicas_on_node(self, node: str, active_only: bool = True) -> list[ReplicaRecord]:
+        """See :meth:`Store.replicas_on_node`; ordered by job submission,
+        attempt, rank."""
+        columns = ", ".join(f"r.{c.strip()}" for c in REPLICA_COLUMNS.split(","))
+        sql = f"SELECT {columns} FROM replicas r JOIN jobs j ON j.id = r.job_id WHERE r.node = ?"
+        params: list = [node]
+        if active_only:
+            sql += f" AND r.attempt = j.attempt AND j.state IN ({marks(len(_LIVE_STATES))})"
+            params.extend(_LIVE_STATES)
+        rows = self._rows(sql + " ORDER BY j.seq, r.attempt, r.rank", params)
+        return [ReplicaRecord(*row) for row in rows]
+
+    def update_replica(self, ref: agent_pb2.ReplicaRef, state: int, exit_code: int,
+                       message: str) -> ReplicaRecord | None:
+        with self._tx() as cur:
+            row = self._run(
+                cur, "UPDATE replicas SET state = ?, exit_code = ?, message = ? WHERE job_id = ?"
+                f" AND attempt = ? AND rank = ? AND epoch = ? RETURNING {REPLICA_COLUMNS}",
+                (state, exit_code, message, ref.job_id, ref.attempt, ref.rank, ref.epoch),
+            ).fetchone()
+        return ReplicaRecord(*row) if row else None
+
+    # -- logs -----------------------------------------------------------------
+    def logs(self, job_id: str, after_seq: int = 0, rank: int | None = None,
+             limit: int = 1000) -> list[common_pb2.LogChunk]:
+        """A job's log chunks with sequence > after_seq, oldest first."""
+        sql = ("SELECT seq, job_id, attempt, rank, stream, data, time FROM logs"
+               " WHERE job_id = ? AND seq > ?")
+        params: list = [job_id, after_seq]
+        if rank is not None:
+            sql += " AND rank = ?"
+            params.append(rank)
+        rows = self._rows(sql + " ORDER BY seq LIMIT ?", (*params, limit))
+        return [common_pb2.LogChunk(sequence=seq, job_id=job, attempt=attempt, rank=r,
+                                    stream=stream, data=bytes(data), time=timestamp(time))
+                for seq, job, attempt, r, stream, data, time in rows]
+
+    # -- nodes ----------------------------------------------------------------
+    def upsert_node(self, node: common_pb2.Node) -> None:
+        """See :meth:`Store.upsert_node`: the node's own cordon fields are
+        ignored; the stored ones (set_cordon's) are kept."""
+        if not node.name:
+            raise ValueError("node.name is required")
+        with self._tx() as cur:
+            self._run(cur, "INSERT INTO nodes (name, data) VALUES (?, ?)"
+                      " ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                      (node.name, node.SerializeToString()))
+
+    def get_node(self, name: str) -> common_pb2.Node | None:
+        row = self._row("SELECT data, cordoned, cordon_reason FROM nodes WHERE name = ?",
+                        (name,))
+        return node_from_row(row) if row else None
+
+    def list_nodes(self) -> list[common_pb2.Node]:
+        rows = self._rows("SELECT data, cordoned, cordon_reason FROM nodes ORDER BY name")
+        return [node_from_row(row) for row in rows]
