@@ -2,17 +2,26 @@
 
 A round walks the queue in order and, per job: checks that some group could
 ever hold it (cached per job shape), asks admission whether it may be placed
-this round, estimates its finish on every candidate group, chooses one and
-places the whole gang there, or explains why it waits. Placements are taken
-from a per-round ledger, so no device is handed out twice.
+this round, walks the shape's groups fastest first (``core_rank``) and
+places the whole gang on the first that fits, unless a faster busy group
+would finish it clearly sooner (``Policy.wait_for_faster_margin``), in which
+case it waits *and reserves* that group. A job that fits nowhere reserves
+the group where it would finish first. Reserved devices go to later jobs
+only when they finish before the reservation starts or leave enough for it
+(backfill), so a waiting gang is not pushed back by the jobs behind it.
+Reservations stack on a group, each estimated behind those before it; the
+round holds at most ``Policy.max_reservations_per_round``: past it a job
+never waits for a busy group, it takes a free (slower) chip. A job whose estimate
+behind the reservations already queued on a faster group does not beat a
+free slower chip by the margin takes the slower chip: that is what keeps
+slow families busy while the fast ones have a queue.
 
-Pure: no I/O, no clock, no globals, no randomness; ties are broken by stable
-keys, so the same input always yields the same ``Decisions``.
+Placements are taken from a per-round ledger, so no device is handed out
+twice. Pure: no I/O, no clock, no globals, no randomness; ties are broken by
+stable keys, so the same input always yields the same ``Decisions``.
 
-Seams for later issues: ``order_queue`` (fair share will reorder the queue)
-and ``RoundState.admission_refusal`` (quotas, reservations and backfill will
-refuse or hold capacity there). A job that waits for a busy, faster pool
-reserves nothing in this round: later jobs may take what it would need.
+Seams: ``ordering`` (``Policy.fair_share`` orders by ``core_share``) and
+``RoundState.admission_refusal`` (quotas plug in there).
 """
 
 from __future__ import annotations
@@ -21,14 +30,13 @@ from collections.abc import Callable, Sequence
 
 from controlplane.scheduler.core_estimate import (
     NO_RELEASES,
-    Choice,
-    Option,
-    choose,
-    explain_placement,
-    explain_wait_for_faster,
     release_schedules,
-    runtime_s,
     speed_table,
+)
+from controlplane.scheduler.core_explain import (
+    EXPLAIN_OTHERS,
+    explain_reserved,
+    explain_wait_for_faster,
 )
 from controlplane.scheduler.core_fleet import (
     Group,
@@ -40,6 +48,8 @@ from controlplane.scheduler.core_fleet import (
     static_verdict,
 )
 from controlplane.scheduler.core_ledger import ReplicaSlot
+from controlplane.scheduler.core_rank import Holds, RankKey, Reservation, ShapeRank
+from controlplane.scheduler.core_share import fair_share_order
 from controlplane.scheduler.types import (
     Candidate,
     ClusterSnapshot,
@@ -51,7 +61,6 @@ from controlplane.scheduler.types import (
     WaitDecision,
 )
 
-RoomKey = tuple[ShapeKey, int, int]  # shape plus host CPU and memory per replica
 QueueOrdering = Callable[[Sequence[PendingJob]], Sequence[PendingJob]]
 Decision = PlacementDecision | WaitDecision
 
@@ -67,17 +76,25 @@ def schedule(
     policy: Policy,
     now: float,
     *,
-    ordering: QueueOrdering = order_queue,
+    ordering: QueueOrdering | None = None,
 ) -> Decisions:
     """Decide, for every pending job, a placement or a reason to wait.
 
     Every job in ``pending`` gets exactly one decision. Placements appear in
-    the order they were made (queue order); so do waits.
+    the order they were made (queue order); so do waits. The queue order is
+    ``ordering`` when given, else weighted fair share when
+    ``policy.fair_share``, else priority then submission (``order_queue``).
     """
     state = RoundState(snapshot, policy, now)
     placements: list[PlacementDecision] = []
     waiting: list[WaitDecision] = []
-    for job in ordering(pending):
+    if ordering is not None:
+        queue = ordering(pending)
+    elif policy.fair_share:
+        queue = fair_share_order(pending, snapshot, policy)
+    else:
+        queue = order_queue(pending)
+    for job in queue:
         decision = state.decide(job)
         if isinstance(decision, PlacementDecision):
             placements.append(decision)
@@ -95,26 +112,33 @@ class RoundState:
         self.speeds = speed_table(snapshot)
         self.releases = release_schedules(snapshot.running, now, policy)
         self.verdicts: dict[ShapeKey, StaticVerdict] = {}
+        self.ranks: dict[RankKey, ShapeRank] = {}
+        self.reserved: dict[Group, Holds] = {}
+        self.reservations = 0
         self.placed = 0
-        # Memos. Free capacity only shrinks during a round, so a shape that
-        # fits nowhere now fits nowhere for the rest of the round; estimates
-        # and explanations repeat across jobs of one shape and are shared.
-        self.no_room: set[RoomKey] = set()
-        self.options: dict[tuple[int, float, float, bool], Option] = {}
-        self.explanations: dict[tuple[int, ...], str] = {}
+        # Capacity reasons repeat across the jobs of one shape and only change
+        # when something is placed: (placements so far, text) per shape.
+        self.reasons: dict[ShapeRank, tuple[int, str]] = {}
+        # Start estimates per (group, devices needed): valid while the group's
+        # free devices and reservations are unchanged.
+        self.starts: dict[tuple[Group, int], tuple[int, int, float]] = {}
 
     def decide(self, job: PendingJob) -> Decision:
         """One job's decision; places it in the ledger when it is placed."""
-        verdict = self._verdict(job)
+        skey = shape_key(job)
+        verdict = self.verdicts.get(skey)
+        if verdict is None:
+            verdict = self.verdicts[skey] = static_verdict(self.groups, job)
         if verdict.never_reason:
             return WaitDecision(job.job_id, verdict.never_reason, never_fits=True)
         refusal = self.admission_refusal(job)
         if refusal:
             return WaitDecision(job.job_id, refusal)
-        room_key = (shape_key(job), job.cpu_millis, job.memory_bytes)
-        if room_key in self.no_room:
-            return WaitDecision(job.job_id, capacity_reason(job, verdict.groups))
-        decision = self._place_best(job, verdict.groups, room_key)
+        key = (skey, job.cpu_millis, job.memory_bytes, job.speed)
+        rank = self.ranks.get(key)
+        if rank is None:
+            rank = self.ranks[key] = ShapeRank(verdict.groups, job, self.speeds)
+        decision = self._walk(job, rank, verdict.groups)
         if isinstance(decision, PlacementDecision):
             self.placed += 1
         return decision
@@ -122,65 +146,134 @@ class RoundState:
     def admission_refusal(self, job: PendingJob) -> str:
         """Why ``job`` may not be placed this round ("" = it may).
 
-        Today only the round bound; quotas and reservations plug in here.
+        Today only the round bound; quotas plug in here.
         """
         limit = self.policy.max_placements_per_round
         if limit and self.placed >= limit:
             return f"round limit: {limit} placements per round reached; retried next round"
         return ""
 
-    def _verdict(self, job: PendingJob) -> StaticVerdict:
-        key = shape_key(job)
-        verdict = self.verdicts.get(key)
-        if verdict is None:
-            verdict = self.verdicts[key] = static_verdict(self.groups, job)
-        return verdict
+    def _walk(self, job: PendingJob, rank: ShapeRank, groups: Sequence[Group]) -> Decision:
+        """Fastest group first; place on the first that fits unless a faster
+        busy group, behind the reservations queued there, beats it by the
+        margin (then wait and reserve). Past the round's reservation budget a
+        full group is dropped from the shape's ranking for the round."""
+        reference = job.reference_runtime_s or self.policy.default_runtime_s
+        need, now = job.replicas * job.devices_per_replica, self.now
+        passed: list[tuple[Candidate, Group]] = []  # faster busy groups, estimated
+        best: tuple[Candidate, Group] | None = None
+        dead: list[Group] = []
+        can_reserve = self.reservations < self.policy.max_reservations_per_round
+        hold_nothing = not self.policy.max_reservations_per_round
+        for pos, (speed, group) in enumerate(rank.entries):
+            runtime = reference / speed
+            held = self.reserved.get(group)
+            ledger = group.ledger
+            roomy = ledger.free_devices >= need and (
+                ledger.slot_bound(job.devices_per_replica) >= job.replicas)
+            if roomy and (held is None or held.admits(now + runtime, need)):
+                here = Candidate(group.pool, group.model, now, runtime, now + runtime, True)
+                if best is not None and self._worth_waiting(here, best[0]):
+                    return self._wait_for_faster(job, best, here)
+                slots = group.ledger.place_gang(job)
+                if slots is not None:
+                    if held is not None:
+                        held.charge(now + runtime, need)
+                    return self._placement(job, rank, pos, here, passed, slots)
+                roomy = False  # host CPU/memory rule the group out for this shape
+            if not (can_reserve or hold_nothing):
+                if not roomy:  # neither takes nor is waited for again this round
+                    dead.append(group)
+                continue
+            cand = self._busy(group, job, runtime)  # the job may wait for it
+            passed.append((cand, group))
+            if best is None or cand.finish_s < best[0].finish_s:
+                best = (cand, group)
+        if dead:
+            rank.drop(dead)
+        return self._nowhere(job, best, rank, groups)
 
-    def _place_best(
-        self, job: PendingJob, groups: tuple[Group, ...], room_key: RoomKey
-    ) -> Decision:
-        """Choose and place; a group whose free-device bound was too hopeful
-        (host CPU/memory ruled it out) is marked busy and the choice redone."""
-        fits = [g.ledger.slot_bound(job.devices_per_replica) >= job.replicas for g in groups]
-        while True:
-            options = [self._option(g, job, f) for g, f in zip(groups, fits, strict=True)]
-            choice = choose(options, job, self.now, self.policy.wait_for_faster_margin)
-            if choice.place is None:
-                if not any(fits):
-                    self.no_room.add(room_key)
-                return self._wait(job, choice, groups)
-            slots = choice.place.group.ledger.place_gang(job)
-            if slots is not None:
-                return self._placement(job, choice, choice.place, slots)
-            fits[groups.index(choice.place.group)] = False
+    def _worth_waiting(self, free_now: Candidate, busy: Candidate) -> bool:
+        margin = self.policy.wait_for_faster_margin
+        return free_now.finish_s - self.now > margin * (busy.finish_s - self.now)
 
-    def _option(self, group: Group, job: PendingJob, fits_now: bool) -> Option:
-        runtime = runtime_s(job, group.model, self.speeds, self.policy)
-        start = self.now if fits_now else self._start_when_free(group, job)
-        key = (id(group), start, runtime, fits_now)
-        option = self.options.get(key)
-        if option is None:
-            finish = start + runtime
-            candidate = Candidate(group.pool, group.model, start, runtime, finish, fits_now)
-            option = self.options[key] = Option(group, candidate)
-        return option
-
-    def _explain(self, chosen: Option, ranked: Sequence[Option]) -> str:
-        key = (id(chosen), *map(id, ranked))  # options are memoised: ids are stable
-        text = self.explanations.get(key)
-        if text is None:
-            text = self.explanations[key] = explain_placement(chosen, ranked, self.now)
-        return text
+    def _busy(self, group: Group, job: PendingJob, runtime: float) -> Candidate:
+        start = self._start_when_free(group, job)
+        return Candidate(group.pool, group.model, start, runtime, start + runtime, False)
 
     def _start_when_free(self, group: Group, job: PendingJob) -> float:
-        deficit = job.replicas * job.devices_per_replica - group.ledger.free_devices
+        """When the running jobs will have freed enough for ``job`` beyond
+        what the group's reservations hold."""
+        need, free = job.replicas * job.devices_per_replica, group.ledger.free_devices
+        held = self.reserved.get(group)
+        stamp = (free, len(held.queue) if held else 0)
+        memo = self.starts.get((group, need))
+        if memo is not None and memo[:2] == stamp:
+            return memo[2]
+        start = self._estimate_start(group, need - free, held)
+        self.starts[(group, need)] = (*stamp, start)
+        return start
+
+    def _estimate_start(self, group: Group, deficit: int, held: Holds | None) -> float:
         releases = self.releases.get((group.pool, group.model), NO_RELEASES)
-        return releases.start_s(deficit, self.now, self.policy.default_runtime_s)
+        if held is None:
+            return releases.start_s(deficit, self.now, self.policy.default_runtime_s)
+        deficit += held.devices
+        start = releases.start_s(deficit, self.now, self.policy.default_runtime_s)
+        if deficit > releases.total:  # needs what the reserved jobs will hold
+            start = max(start, held.last_finish_s)
+        return max(start, held.queue[-1].start_s)  # never ahead of those already queued
+
+    def _reserve(self, job: PendingJob, group: Group, cand: Candidate) -> None:
+        """Hold ``group`` for ``job`` from ``start_s``; spare = what the group
+        will have free then beyond all its reservations' needs."""
+        if not self.policy.max_reservations_per_round:
+            return  # waits without holding anything (jobs behind may take it)
+        need = job.replicas * job.devices_per_replica
+        releases = self.releases.get((group.pool, group.model), NO_RELEASES)
+        free_then = group.ledger.free_devices + releases.freed_by(cand.start_s)
+        held = self.reserved.get(group)
+        if held is None:
+            held = self.reserved[group] = Holds()
+        spare = free_then - held.devices - need
+        held.add(Reservation(job.job_id, cand.start_s, cand.finish_s, need, spare))
+        self.reservations += 1
+
+    def _wait_for_faster(
+        self, job: PendingJob, best: tuple[Candidate, Group], here: Candidate
+    ) -> WaitDecision:
+        self._reserve(job, best[1], best[0])
+        reserved = bool(self.policy.max_reservations_per_round)
+        return WaitDecision(job.job_id,
+                            explain_wait_for_faster(best[0], here, self.now, reserved))
+
+    def _nowhere(
+        self, job: PendingJob, best: tuple[Candidate, Group] | None, rank: ShapeRank,
+        groups: Sequence[Group],
+    ) -> WaitDecision:
+        """Nothing fits now: reserve the group where the job would finish first."""
+        reason = self._capacity_reason(job, rank, groups)
+        if best is None or not self.policy.max_reservations_per_round:
+            return WaitDecision(job.job_id, reason)
+        self._reserve(job, best[1], best[0])
+        return WaitDecision(job.job_id, explain_reserved(reason, best[0], self.now))
+
+    def _capacity_reason(self, job: PendingJob, rank: ShapeRank, groups: Sequence[Group]) -> str:
+        memo = self.reasons.get(rank)  # one rank per shape and host request
+        if memo is None or memo[0] != self.placed:
+            memo = self.reasons[rank] = (self.placed, capacity_reason(job, groups))
+        return memo[1]
 
     def _placement(
-        self, job: PendingJob, choice: Choice, chosen: Option, slots: list[ReplicaSlot]
+        self, job: PendingJob, rank: ShapeRank, pos: int, here: Candidate,
+        passed: list[tuple[Candidate, Group]], slots: list[ReplicaSlot],
     ) -> PlacementDecision:
-        group = chosen.group
+        """The decision, with the compared candidates: the faster busy groups
+        passed over, the chosen one and the next few slower ones."""
+        group = rank.entries[pos][1]
+        later = self._runners_up(job, rank, pos)
+        ranked = sorted([*(c for c, _ in passed), here, *later],
+                        key=lambda c: (c.finish_s, not c.fits_now))
         return PlacementDecision(
             job_id=job.job_id,
             pool=group.pool,
@@ -188,18 +281,32 @@ class RoundState:
             family=group.family,
             model=group.model,
             replicas=tuple(
-                ReplicaAssignment(rank, node, devices)
-                for rank, (node, devices) in enumerate(slots)
+                ReplicaAssignment(rank_, node, devices)
+                for rank_, (node, devices) in enumerate(slots)
             ),
-            estimated_runtime_s=chosen.candidate.runtime_s,
-            candidates=tuple(o.candidate for o in choice.ranked),
-            explanation=self._explain(chosen, choice.ranked),
+            estimated_runtime_s=here.runtime_s,
+            candidates=tuple(ranked),
+            chosen_index=next(i for i, c in enumerate(ranked) if c is here),
+            others_not_compared=max(len(rank.entries) - pos - 1 - EXPLAIN_OTHERS, 0),
+            decided_at=self.now,
         )
 
-    def _wait(self, job: PendingJob, choice: Choice, groups: Sequence[Group]) -> WaitDecision:
-        if choice.wait_for is not None:
-            return WaitDecision(job.job_id, explain_wait_for_faster(choice, self.now))
-        return WaitDecision(job.job_id, capacity_reason(job, groups))
+    def _runners_up(self, job: PendingJob, rank: ShapeRank, pos: int) -> list[Candidate]:
+        """Estimates for the next slower groups after the chosen one."""
+        reference = job.reference_runtime_s or self.policy.default_runtime_s
+        need, now, out = job.replicas * job.devices_per_replica, self.now, []
+        for speed, group in rank.entries[pos + 1 : pos + 1 + EXPLAIN_OTHERS]:
+            runtime = reference / speed
+            held = self.reserved.get(group)
+            ledger = group.ledger
+            if ledger.free_devices >= need and ledger.slot_bound(
+                job.devices_per_replica) >= job.replicas and (
+                held is None or held.admits(now + runtime, need)
+            ):
+                out.append(Candidate(group.pool, group.model, now, runtime, now + runtime, True))
+            else:
+                out.append(self._busy(group, job, runtime))
+        return out
 
 
 def capacity_reason(job: PendingJob, groups: Sequence[Group]) -> str:

@@ -54,10 +54,10 @@ class NodeState:
 
     def take(self, job: PendingJob) -> tuple[int, ...]:
         """Remove one replica's devices (contiguous, lowest first) and host share."""
-        picked = pick_devices(self.free, job.devices_per_replica)
-        if picked:
-            chosen = set(picked)
-            self.free = [d for d in self.free if d not in chosen]
+        count = job.devices_per_replica
+        at = contiguous_run(self.free, count)
+        picked = tuple(self.free[at : at + count])
+        del self.free[at : at + count]
         if self.tracked:
             self.cpu -= job.cpu_millis
             self.mem -= job.memory_bytes
@@ -76,10 +76,19 @@ def pick_devices(free: Sequence[int], count: int) -> tuple[int, ...]:
     else the ``count`` lowest. Contiguous devices usually share a switch."""
     if count <= 0:
         return ()
+    at = contiguous_run(free, count)
+    return tuple(free[at : at + count])
+
+
+def contiguous_run(free: Sequence[int], count: int) -> int:
+    """Start of the lowest contiguous run of ``count`` in sorted ``free``;
+    0 (the lowest ``count``) when there is none, or nothing is asked."""
+    if count <= 0:
+        return 0
     for i in range(len(free) - count + 1):
         if free[i + count - 1] - free[i] == count - 1:
-            return tuple(free[i : i + count])
-    return tuple(free[:count])
+            return i
+    return 0
 
 
 class GroupLedger:

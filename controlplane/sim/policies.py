@@ -3,6 +3,8 @@
 * :class:`XinheCorePolicy` calls the real scheduler core
   (``controlplane.scheduler.core.schedule``) on a snapshot of the simulated
   fleet: no copy of its logic lives here.
+  ``xinhe-fair`` is the same with ``Policy.fair_share`` (tenants in
+  weighted fair-share order instead of submission order).
 * :class:`FifoFirstFit` is the heterogeneity-agnostic baseline: jobs
   strictly in submission order (priority ignored), each on the first pool in
   fleet order where its gang fits now, nodes first-fit. Strict FIFO means
@@ -149,7 +151,13 @@ def gang_first_fit(job: TraceJob, nodes: Sequence[int],
     return tuple(taken)
 
 
-POLICIES = {"xinhe": XinheCorePolicy, "fifo": FifoFirstFit, "pinned": PinnedFamily}
+def xinhe_fair() -> XinheCorePolicy:
+    """The core with weighted fair share across tenants (equal weights)."""
+    return XinheCorePolicy(Policy(fair_share=True), name="xinhe-fair")
+
+
+POLICIES = {"xinhe": XinheCorePolicy, "fifo": FifoFirstFit, "pinned": PinnedFamily,
+            "xinhe-fair": xinhe_fair}
 
 
 def make_policies(names: str | Sequence[str]) -> list[XinheCorePolicy | FifoFirstFit]:

@@ -147,6 +147,7 @@ def running_view(run: RunningJob, cluster: Cluster) -> RunningView:
         run.view = RunningView(
             job_id=run.queued.job.job_id, pool=pool.name, model=pool.model,
             devices=sum(c for _, c in run.devices), expected_end=run.end,
+            tenant=run.queued.job.tenant,
         )
     return run.view
 

@@ -248,7 +248,8 @@ def test_a_gang_that_runs_out_of_host_cpu_takes_nothing() -> None:
     assert (small.node, small.device_indices) == ("p-000", (0,))  # the gang's take was undone
     assert wait(decisions, "gang-0").reason == (
         "waiting for capacity: needs 3x1 devices of 910B; most free in one pool: 16 (pool p); "
-        "each replica also needs 3000m CPU"
+        "each replica also needs 3000m CPU; reserved pool p (910B): expected start in 1:00:00, "
+        "est. finish 2:00:00"
     )
 
 
@@ -266,6 +267,7 @@ def test_waiting_reason_names_the_most_free_pool() -> None:
     verdict = wait(run(fleet + ASCEND, jobs("a", replicas=2, devices=8, models={"H100"})), "a-0")
     assert verdict.reason == (
         "waiting for capacity: needs 2x8 devices of H100; most free in one pool: 6 (pool h100-east)"
+        "; reserved pool h100-east (H100): expected start in 1:00:00, est. finish 1:18:56"
     )
 
 

@@ -209,3 +209,61 @@ def test_never_fits_means_not_even_on_an_empty_fleet(
         else:
             job = by_id[verdict.job_id]
             assert schedule(empty, (job,), Policy(), NOW).placements, verdict.reason
+
+
+# -- increment 2: reservations, backfill and fair share keep the invariants --
+
+policies_v2 = st.builds(
+    Policy,
+    default_runtime_s=st.sampled_from([60.0, 3600.0]),
+    wait_for_faster_margin=st.sampled_from([1.0, 1.5, 3.0]),
+    max_placements_per_round=st.integers(0, 4),
+    max_reservations_per_round=st.sampled_from([0, 1, 2, 1024]),
+    fair_share=st.booleans(),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(snapshots(), queues(), policies_v2)
+def test_reservations_and_fair_share_never_double_book(
+    snap: ClusterSnapshot, queue: tuple[PendingJob, ...], policy: Policy
+) -> None:
+    decisions = schedule(snap, queue, policy, NOW)
+    decided = [p.job_id for p in decisions.placements] + [w.job_id for w in decisions.waiting]
+    assert Counter(decided) == Counter(j.job_id for j in queue)
+    free = {(n.name, d) for n in snap.nodes if n.schedulable for d in n.free_devices}
+    used = [(r.node, d) for p in decisions.placements for r in p.replicas
+            for d in r.device_indices]
+    assert len(used) == len(set(used)) and set(used) <= free
+    assert schedule(snap, queue, policy, NOW) == decisions
+
+
+@settings(max_examples=150, deadline=None)
+@given(snapshots(), queues(), policies_v2)
+def test_backfill_never_overdraws_a_reservation(
+    snap: ClusterSnapshot, queue: tuple[PendingJob, ...], policy: Policy
+) -> None:
+    from controlplane.scheduler.core import RoundState, order_queue
+
+    state = RoundState(snap, policy, NOW)
+    for job in order_queue(queue):
+        state.decide(job)
+    assert state.reservations <= policy.max_reservations_per_round
+    for holds in state.reserved.values():
+        starts = [r.start_s for r in holds.queue]
+        assert starts == sorted(starts)  # queue order is start order
+        assert all(r.extra >= 0 for r in holds.queue)
+        assert holds.devices == sum(r.devices for r in holds.queue)
+
+
+@settings(max_examples=100, deadline=None)
+@given(snapshots(), queues())
+def test_explanations_name_the_chosen_pool(
+    snap: ClusterSnapshot, queue: tuple[PendingJob, ...]
+) -> None:
+    for p in schedule(snap, queue, Policy(), NOW).placements:
+        chosen = p.candidates[p.chosen_index]
+        assert (chosen.pool, chosen.model, chosen.fits_now) == (p.pool, p.model, True)
+        assert p.explanation.startswith(f"chose pool {p.pool} ({p.model})")
+        assert chosen.finish_s == min(c.finish_s for c in p.candidates)  or any(
+            not c.fits_now for c in p.candidates if c.finish_s < chosen.finish_s)

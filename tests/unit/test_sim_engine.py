@@ -55,8 +55,13 @@ CASES = [
          Fleet((make_pool("a100", "east", "A100", 1, 4),)),
          (job("a", 0, devices=2, speed=()), job("b", 1, devices=4, speed=()),
           job("c", 2, speed=())),
-         # no reservation yet: the backfilled job delays the gang by 2 s
-         {"a": 100, "b": 201, "c": 100}, {"a": 100, "b": 199, "c": 298}),
+         # the gang holds a reservation from t=100: c (100 s) would delay it, so c waits
+         {"a": 100, "b": 199, "c": 298}, {"a": 100, "b": 199, "c": 298}),
+    Case("backfill: a job that ends before the gang's reservation runs in the hole",
+         Fleet((make_pool("a100", "east", "A100", 1, 4),)),
+         (job("a", 0, devices=2, speed=()), job("b", 1, devices=4, speed=()),
+          job("c", 2, runtime=50, speed=())),
+         {"a": 100, "b": 199, "c": 50}, {"a": 100, "b": 199, "c": 248}),
 ]
 
 
