@@ -40,6 +40,7 @@ from agents.accelerators.base import (
     render_launch_env,
 )
 from agents.accelerators.cpu import host_memory_bytes
+from agents.checkpoint import Checkpointer
 from agents.launcher import Launcher, ReplicaPhase, ReplicaProcess, ReplicaSpec
 from controlplane.model.catalogue import Catalogue, default_catalogue
 from xinhe.v1 import agent_pb2, agent_pb2_grpc, common_pb2
@@ -165,6 +166,7 @@ class Agent:
         self.inventory = NodeInventory(self.adapters)
         self.catalogue = catalogue or default_catalogue()
         self.launcher = Launcher(config.work_dir, self.catalogue, config.stop_grace)
+        self.checkpointer = Checkpointer()
         self._channel = channel
         self._lock = threading.RLock()
         self._acked = threading.Condition(self._lock)
@@ -346,6 +348,22 @@ class Agent:
             self._stop(stop.ref, grace, stop.reason or "stopped by the control plane")
         elif kind == "ack":
             self._on_ack(message.ack.agent_sequence)
+        elif kind == "checkpoint":
+            self._on_checkpoint(message.checkpoint)
+
+    def _on_checkpoint(self, request: agent_pb2.CheckpointReplica) -> None:
+        """Checkpoint, then stop, the current replica named (migration)."""
+        with self._lock:
+            held = self._replicas.get(_key(request.ref))
+        if held is None or held.process is None or held.ref.epoch != request.ref.epoch:
+            log.info("checkpoint for %s: not running here", _key(request.ref))
+            return
+        grace = (request.grace.ToTimedelta().total_seconds() if request.HasField("grace")
+                 else self.config.stop_grace)
+        timeout = request.timeout.ToTimedelta().total_seconds()
+        if self.checkpointer.start(held.process, timeout, grace, request.reason):
+            log.info("checkpointing %s (timeout %.1fs): %s", _key(request.ref),
+                     timeout or self.checkpointer.default_timeout, request.reason)
 
     def _on_launch(self, launch: agent_pb2.LaunchReplica) -> None:
         """Start a replica once per (job, attempt, rank); re-report duplicates."""

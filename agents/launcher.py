@@ -159,6 +159,13 @@ class ReplicaProcess:
                 self._stop_reason = reason or "stopped on request"
         self._terminate(grace)
 
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the replica's process group (e.g. SIGUSR1: checkpoint).
+
+        A no-op once the leader is reaped, so a reused pid is never signalled.
+        """
+        self._signal_group(signal.Signals(sig))
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the final state is reported; False on timeout."""
         return self._done.wait(timeout)

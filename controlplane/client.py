@@ -88,6 +88,15 @@ class XinheClient:
         return self._call(self.jobs.CancelJob,
                           jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason))
 
+    def migrate(self, job_id: str, target: str, reason: str = "",
+                checkpoint_timeout: float = 0.0) -> common_pb2.Job:
+        """Move a RUNNING job to a family, model or pool; returns it MIGRATING.
+        ``checkpoint_timeout`` seconds (0 = the server's default) bound the
+        wait for each replica's checkpoint."""
+        request = jobs_pb2.MigrateJobRequest(job_id=job_id, target=target, reason=reason)
+        request.checkpoint_timeout.FromNanoseconds(int(checkpoint_timeout * 1e9))
+        return self._call(self.jobs.MigrateJob, request)
+
     def watch(self, job_id: str, after: int = 0,
               follow: bool = False) -> Iterator[common_pb2.JobEvent]:
         return self.jobs.WatchJob(

@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if job.state_reason:
         console.print(f"reason     {job.state_reason}", highlight=False)
     console.print(f"placement  {placement_text(job)}", highlight=False)
+    if job.placement_target:
+        console.print(f"pinned to  {job.placement_target} (by migration)", highlight=False)
     if p.replicas:
         for r in p.replicas:
             console.print(f"  rank {r.rank}: {r.node} devices {list(r.device_indices)}")

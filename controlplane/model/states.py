@@ -61,6 +61,7 @@ TRANSITIONS: Mapping[tuple[int, int], str] = {
     (MIGRATING, QUEUED): "checkpoint written and replicas stopped; re-place it",
     (MIGRATING, FAILED): "checkpointing or stopping failed and no retry is left",
     (MIGRATING, CANCELLED): "cancelled while migrating",
+    (MIGRATING, SUCCEEDED): "every replica finished before it could be stopped to migrate",
 }
 
 TERMINAL: frozenset[int] = frozenset({SUCCEEDED, FAILED, CANCELLED})

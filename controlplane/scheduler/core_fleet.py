@@ -86,6 +86,8 @@ def offers(group: Group, job: PendingJob) -> bool:
     No filters means any accelerator for an accelerator job (never plain CPU
     nodes) and any node at all for a CPU-only job.
     """
+    if job.pools and group.pool not in job.pools:
+        return False
     if job.families or job.models:
         return group.family in job.families or group.model in job.models
     return job.devices_per_replica == 0 or group.family != CPU_FAMILY
@@ -106,13 +108,13 @@ class StaticVerdict:
     never_reason: str = ""
 
 
-ShapeKey = tuple[frozenset[str], frozenset[str], int, int, int]
+ShapeKey = tuple[frozenset[str], frozenset[str], int, int, int, frozenset[str]]
 
 
 def shape_key(job: PendingJob) -> ShapeKey:
     """What static feasibility depends on; jobs with equal keys share a verdict."""
     memory = job.min_device_memory_bytes if job.devices_per_replica else 0
-    return (job.families, job.models, job.devices_per_replica, job.replicas, memory)
+    return (job.families, job.models, job.devices_per_replica, job.replicas, memory, job.pools)
 
 
 def static_verdict(groups: Sequence[Group], job: PendingJob) -> StaticVerdict:

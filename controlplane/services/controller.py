@@ -16,6 +16,7 @@ from controlplane.services.agents import AgentSessions
 from controlplane.services.context import Context
 from controlplane.services.fleet import Fleet
 from controlplane.services.jobs import JobService
+from controlplane.services.migration import MigrationService
 from controlplane.services.reconcile import Reconciler
 from controlplane.services.scheduling import RoundResult, run_round
 from controlplane.settings import ServerSettings
@@ -34,6 +35,7 @@ class Controller:
         self.policy = policy or Policy()
         self.reconciler = Reconciler(self.ctx)
         self.jobs = JobService(self.ctx)
+        self.migrations = MigrationService(self.ctx, self.jobs)
         self.agents = AgentSessions(self.ctx, self.reconciler)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -44,7 +46,8 @@ class Controller:
 
     def _restore_allocations(self) -> None:
         """Rebuild device holds from durable state after a (re)start."""
-        for job in self.ctx.store.jobs_in_states(states.ACTIVE):
+        # A MIGRATING job's replicas may still be stopping: keep their devices.
+        for job in self.ctx.store.jobs_in_states(states.ACTIVE | {states.MIGRATING}):
             self.ctx.allocations.hold(job.id, job.attempt, job.placement)
 
     def start(self) -> None:
@@ -64,6 +67,7 @@ class Controller:
         for node in self.ctx.fleet.lost_nodes(now, self.ctx.settings.node_lost_timeout_s):
             jobs = self.reconciler.on_node_lost(node)
             log.warning("node %s lost: %d job(s) requeued or failed", node, len(jobs))
+        self.migrations.resend_pending(now)
         result = run_round(self.ctx, self.host, self.policy)
         self.last_round = result
         if self.on_round is not None:

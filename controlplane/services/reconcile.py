@@ -42,6 +42,8 @@ def next_transition(job: common_pb2.Job, rows: Sequence[ReplicaRecord]) -> list[
     """
     if states.is_terminal(job.state) or not rows:
         return []
+    if job.state == J.JOB_STATE_MIGRATING:
+        return _migration_step(job, rows)
     replica_states = [r.state for r in rows]
     failed = [r for r in rows if r.state in (R.REPLICA_STATE_FAILED, R.REPLICA_STATE_STOPPED)]
     if failed:
@@ -58,6 +60,36 @@ def next_transition(job: common_pb2.Job, rows: Sequence[ReplicaRecord]) -> list[
             s in (R.REPLICA_STATE_RUNNING, R.REPLICA_STATE_SUCCEEDED) for s in replica_states):
         chain.append(_to(job, J.JOB_STATE_RUNNING, "running", "every replica running"))
     return chain
+
+
+def _migration_step(job: common_pb2.Job, rows: Sequence[ReplicaRecord]) -> list[Transition]:
+    """A MIGRATING job moves on once every replica has ended.
+
+    Stopped replicas are the migration working (not a failure): the job goes
+    back to the queue with a new attempt, pinned to its target, and resumes
+    from its last complete checkpoint. A replica that failed by itself is a
+    failure as usual; a job whose replicas all finished meanwhile succeeded.
+    """
+    if any(r.state not in FINAL for r in rows):
+        return []
+    failed = [r for r in rows if r.state == R.REPLICA_STATE_FAILED]
+    if failed:
+        return [_failure(job, failed[0])]
+    if all(r.state == R.REPLICA_STATE_SUCCEEDED for r in rows):
+        return [_to(job, J.JOB_STATE_SUCCEEDED, "succeeded",
+                    "every replica exited 0 before the migration stopped it")]
+    notes = "; ".join(f"rank {r.rank}: {r.message}" for r in rows if r.message)
+    return [migrated(job, f"replicas stopped ({notes})")]
+
+
+def migrated(job: common_pb2.Job, what: str) -> Transition:
+    """MIGRATING -> QUEUED with a new attempt: resume from the last complete
+    checkpoint within the job's pin. Not a failure, so no retry is spent."""
+    where = job.placement_target.replace(":", " ") or "any allowed chip"
+    message = f"{what}; resuming on {where} from the last complete checkpoint"
+    return Transition(job_id=job.id, to_state=J.JOB_STATE_QUEUED, kind="migrated",
+                      message=message, expect_epoch=job.epoch, increment_attempt=True,
+                      clear_placement=True, updates=common_pb2.Job(state_reason=message))
 
 
 def _to(job: common_pb2.Job, state: int, kind: str, message: str) -> Transition:
@@ -119,7 +151,9 @@ class Reconciler:
                 job = ctx.store.get_job(row.job_id)
                 if job is None or states.is_terminal(job.state) or row.attempt != job.attempt:
                     continue
-                t = failure_or_retry(job, f"node {node} lost (agent gone)")
+                what = f"node {node} lost (agent gone)"
+                t = (migrated(job, what) if job.state == J.JOB_STATE_MIGRATING
+                     else failure_or_retry(job, what))
                 changed.append((job, ctx.store.apply([t], ctx.clock())[-1]))
             for idx_hold in list(ctx.allocations.held_on(node).values()):
                 ctx.allocations.release(idx_hold.job_id, idx_hold.attempt, node=node)

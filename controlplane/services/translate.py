@@ -16,6 +16,7 @@ from controlplane.scheduler.types import (
     RunningView,
 )
 from controlplane.services.allocations import Allocations
+from controlplane.services.migration_target import Filters, pinned
 from xinhe.v1 import agent_pb2, common_pb2
 
 
@@ -27,12 +28,15 @@ def pending_job(job: common_pb2.Job, order: int, catalogue: Catalogue) -> Pendin
     for name in res.models:
         chip = catalogue.find_model(name)
         models.add(chip.model if chip else name)
+    # A migrated job stays within its target (family, model or pool).
+    where = pinned(Filters(frozenset(f.lower() for f in res.families), frozenset(models)),
+                   job.placement_target, catalogue)
     return PendingJob(
         job_id=job.id, tenant=job.tenant, queue=spec.queue, priority=spec.priority,
         order=order, replicas=spec.replicas, devices_per_replica=res.accelerators,
         min_device_memory_bytes=res.min_device_memory_bytes, cpu_millis=res.cpu_millis,
-        memory_bytes=res.memory_bytes, families=frozenset(f.lower() for f in res.families),
-        models=frozenset(models),
+        memory_bytes=res.memory_bytes, families=where.families,
+        models=where.models, pools=where.pools,
         reference_runtime_s=spec.reference_runtime.ToTimedelta().total_seconds(),
         submitted_at=job.created_at.ToNanoseconds() / 1e9,
     )
@@ -63,12 +67,17 @@ def node_views(nodes: Iterable[common_pb2.Node], allocations: Allocations,
 
 
 def running_view(job: common_pb2.Job) -> RunningView:
+    """The core's view of a job holding devices. Its expected end counts from
+    when it started running (or was placed, while it is still starting)."""
     placement = job.placement
-    start = (job.started_at or job.scheduled_at).ToNanoseconds() / 1e9
+    # Message fields are always truthy: ask which timestamp is really set.
+    since = job.started_at if job.HasField("started_at") else job.scheduled_at
+    start = since.ToNanoseconds() / 1e9
     runtime = placement.estimated_runtime.ToTimedelta().total_seconds()
     devices = sum(len(r.device_indices) for r in placement.replicas)
     return RunningView(job_id=job.id, pool=placement.pool, model=placement.model,
-                       devices=devices, expected_end=start + runtime if runtime else None)
+                       devices=devices, expected_end=start + runtime if runtime else None,
+                       tenant=job.tenant)
 
 
 def placement_proto(decision: PlacementDecision, address: str, port: int) -> common_pb2.Placement:

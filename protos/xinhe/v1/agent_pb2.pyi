@@ -127,14 +127,16 @@ class ReplicaStatus(_message.Message):
     def __init__(self, ref: _Optional[_Union[ReplicaRef, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_sequence: _Optional[int] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("launch", "stop", "ack")
+    __slots__ = ("launch", "stop", "ack", "checkpoint")
     LAUNCH_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     launch: LaunchReplica
     stop: StopReplica
     ack: Ack
-    def __init__(self, launch: _Optional[_Union[LaunchReplica, _Mapping]] = ..., stop: _Optional[_Union[StopReplica, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
+    checkpoint: CheckpointReplica
+    def __init__(self, launch: _Optional[_Union[LaunchReplica, _Mapping]] = ..., stop: _Optional[_Union[StopReplica, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., checkpoint: _Optional[_Union[CheckpointReplica, _Mapping]] = ...) -> None: ...
 
 class LaunchReplica(_message.Message):
     __slots__ = ("ref", "job_name", "tenant", "command", "env", "working_dir", "family", "model", "device_indices", "world_size", "master_addr", "master_port", "max_runtime", "checkpoint_dir", "cpu_millis", "memory_bytes")
@@ -188,6 +190,18 @@ class StopReplica(_message.Message):
     reason: str
     grace: _duration_pb2.Duration
     def __init__(self, ref: _Optional[_Union[ReplicaRef, _Mapping]] = ..., reason: _Optional[str] = ..., grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CheckpointReplica(_message.Message):
+    __slots__ = ("ref", "timeout", "grace", "reason")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    GRACE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ref: ReplicaRef
+    timeout: _duration_pb2.Duration
+    grace: _duration_pb2.Duration
+    reason: str
+    def __init__(self, ref: _Optional[_Union[ReplicaRef, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("agent_sequence",)

@@ -63,7 +63,8 @@ class AgentServiceServicer:
     def Connect(self, request_iterator, context):
         """The agent's live channel. The first AgentMessage must carry the
         session_id from Register. Agent messages are heartbeats, inventory,
-        replica status and logs; control messages are launch and stop.
+        replica status and logs; control messages are launch, stop, checkpoint
+        (migration) and acks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

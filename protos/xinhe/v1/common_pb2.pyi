@@ -174,7 +174,7 @@ class Placement(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., region: _Optional[str] = ..., family: _Optional[str] = ..., model: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaPlacement, _Mapping]]] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., estimated_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "tenant", "client_key", "spec", "state", "state_reason", "placement", "attempt", "exit_code", "created_at", "scheduled_at", "started_at", "finished_at", "epoch")
+    __slots__ = ("id", "tenant", "client_key", "spec", "state", "state_reason", "placement", "attempt", "exit_code", "created_at", "scheduled_at", "started_at", "finished_at", "epoch", "placement_target")
     ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +189,7 @@ class Job(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_TARGET_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant: str
     client_key: str
@@ -203,7 +204,8 @@ class Job(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
     epoch: int
-    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., client_key: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., state_reason: _Optional[str] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
+    placement_target: str
+    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., client_key: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., state_reason: _Optional[str] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epoch: _Optional[int] = ..., placement_target: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("sequence", "job_id", "time", "from_state", "to_state", "kind", "message", "attempt")

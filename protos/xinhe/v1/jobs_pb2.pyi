@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
 from xinhe.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -80,3 +83,15 @@ class StreamLogsRequest(_message.Message):
     filter_rank: bool
     rank: int
     def __init__(self, job_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., follow: _Optional[bool] = ..., filter_rank: _Optional[bool] = ..., rank: _Optional[int] = ...) -> None: ...
+
+class MigrateJobRequest(_message.Message):
+    __slots__ = ("job_id", "target", "reason", "checkpoint_timeout")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    target: str
+    reason: str
+    checkpoint_timeout: _duration_pb2.Duration
+    def __init__(self, job_id: _Optional[str] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., checkpoint_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

@@ -65,6 +65,11 @@ class JobServiceStub:
                 request_serializer=xinhe_dot_v1_dot_jobs__pb2.StreamLogsRequest.SerializeToString,
                 response_deserializer=xinhe_dot_v1_dot_common__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.MigrateJob = channel.unary_unary(
+                '/xinhe.v1.JobService/MigrateJob',
+                request_serializer=xinhe_dot_v1_dot_jobs__pb2.MigrateJobRequest.SerializeToString,
+                response_deserializer=xinhe_dot_v1_dot_common__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -120,6 +125,21 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MigrateJob(self, request, context):
+        """Moves a RUNNING job to other chips: its replicas are told to checkpoint
+        (SIGUSR1 and a request file in the checkpoint dir), stopped, and the job
+        is re-placed on `target` and resumed from its last complete checkpoint.
+        Returns the job, now MIGRATING. Not idempotent: a second call while the
+        job is MIGRATING fails with FAILED_PRECONDITION (the job is not RUNNING).
+        Errors: INVALID_ARGUMENT naming `target` (not a known family, model or
+        pool); FAILED_PRECONDITION when the job is not RUNNING, has no
+        checkpoint_dir, or the target is outside what its spec allows or can never
+        hold it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +172,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.StreamLogs,
                     request_deserializer=xinhe_dot_v1_dot_jobs__pb2.StreamLogsRequest.FromString,
                     response_serializer=xinhe_dot_v1_dot_common__pb2.LogChunk.SerializeToString,
+            ),
+            'MigrateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateJob,
+                    request_deserializer=xinhe_dot_v1_dot_jobs__pb2.MigrateJobRequest.FromString,
+                    response_serializer=xinhe_dot_v1_dot_common__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +341,33 @@ class JobService:
             '/xinhe.v1.JobService/StreamLogs',
             xinhe_dot_v1_dot_jobs__pb2.StreamLogsRequest.SerializeToString,
             xinhe_dot_v1_dot_common__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinhe.v1.JobService/MigrateJob',
+            xinhe_dot_v1_dot_jobs__pb2.MigrateJobRequest.SerializeToString,
+            xinhe_dot_v1_dot_common__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
