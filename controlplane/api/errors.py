@@ -52,6 +52,13 @@ class Unavailable(DomainError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ResourceExhausted(DomainError):
+    """A limit (rate, size, quota) was hit; the message says which and when
+    to retry."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status for an exception raised by a service."""
     if isinstance(exc, DomainError):
@@ -75,8 +82,21 @@ def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> No
     if code == grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method)
     else:
-        log.debug("%s -> %s: %s", method, code.name, message)
-    context.abort(code, message)
+        log.debug("%s -> %s: %.1000s", method, code.name, message)
+    context.abort(code, clip(message))
+
+
+# Status details travel in HTTP/2 trailers, which clients cap (8 KiB by
+# default): a message echoing a huge input would replace the real status by
+# "metadata size exceeds limit" on the client.
+MAX_DETAILS = 1024
+
+
+def clip(message: str) -> str:
+    """``message`` cut to MAX_DETAILS characters, marked when cut."""
+    if len(message) <= MAX_DETAILS:
+        return message
+    return message[:MAX_DETAILS] + f"... ({len(message) - MAX_DETAILS} more characters)"
 
 
 def unary(fn: F) -> F:
@@ -113,3 +133,59 @@ def streaming(fn: F) -> F:
 def _is_abort(exc: BaseException) -> bool:
     # grpc's context.abort() raises a bare, argument-less Exception.
     return (type(exc) is Exception and not exc.args) or isinstance(exc, grpc.RpcError)
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse."""
+
+
+def _bad_bytes() -> InvalidArgument:
+    return InvalidArgument("request", "bytes are not a valid message of this RPC's type")
+
+
+class MalformedRequests(grpc.ServerInterceptor):
+    """Undecodable request bytes become INVALID_ARGUMENT.
+
+    Left alone, gRPC answers them INTERNAL and logs a traceback, which
+    reads like a server bug; a client sending garbage is a client error. The
+    deserializer is made tolerant and the handler refuses the stand-in.
+    """
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                          details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def tolerant(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception:
+                return _Undecodable()
+
+        kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+                    if getattr(handler, k))
+        wrap = _refuse_stream if kind.startswith("stream") else _refuse_unary
+        return handler._replace(request_deserializer=tolerant,
+                                **{kind: wrap(getattr(handler, kind))})
+
+
+def _refuse_unary(behavior: Callable) -> Callable:
+    def check(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(_bad_bytes()))
+        return behavior(request, context)
+    return check
+
+
+def _refuse_stream(behavior: Callable) -> Callable:
+    def requests(iterator: Iterator[Any]) -> Iterator[Any]:
+        for request in iterator:
+            if isinstance(request, _Undecodable):
+                raise _bad_bytes()  # the servicer maps it like any domain error
+            yield request
+
+    def check(request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        return behavior(requests(request_iterator), context)
+    return check

@@ -14,6 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 from controlplane.api.errors import FailedPrecondition, InvalidArgument
 from controlplane.services.context import Context
 from controlplane.services.fleet import AgentSession
+from controlplane.services.limits import LogBatcher, LogRateLimiter
 from controlplane.services.reconcile import Reconciler
 from controlplane.services.translate import launch_messages
 from xinhe.v1 import agent_pb2
@@ -44,6 +45,9 @@ class AgentSessions:
     def __init__(self, ctx: Context, reconciler: Reconciler) -> None:
         self.ctx = ctx
         self.reconciler = reconciler
+        self.logs = LogBatcher(ctx.store.append_logs,
+                               LogRateLimiter(ctx.settings.log_rate_bytes_per_job),
+                               ctx.clock, on_flush=ctx.notifier.notify)
 
     def register(self, req: agent_pb2.RegisterRequest) -> agent_pb2.RegisterResponse:
         validate_register(req)
@@ -115,6 +119,9 @@ class AgentSessions:
             self._on_logs(session, message.logs, now)
 
     def _on_status(self, session: AgentSession, status: agent_pb2.ReplicaStatus) -> None:
+        # The agent sends a replica's output before its final status: write
+        # buffered logs first, so a job that ended has all its logs stored.
+        self.logs.flush()
         verdict = self.reconciler.on_status(session.node, status)
         if verdict.stop:
             session.send(R.ControlMessage(stop=R.StopReplica(
@@ -122,8 +129,8 @@ class AgentSessions:
         session.send(R.ControlMessage(ack=R.Ack(agent_sequence=status.agent_sequence)))
 
     def _on_logs(self, session: AgentSession, chunk: object, now: float) -> None:
-        self.ctx.store.append_logs([chunk], now)  # type: ignore[list-item]
-        self.ctx.notifier.notify()
+        # Buffered and rate-limited; written in batches (one fsync per batch).
+        self.logs.add([chunk])  # type: ignore[list-item]
 
     def _resend_launches(self, session: AgentSession) -> None:
         """Launches the agent may never have received (sent while it was away,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterator
 
 from google.protobuf.duration_pb2 import Duration
@@ -14,6 +15,7 @@ from controlplane.scheduler.core import schedule
 from controlplane.scheduler.types import ClusterSnapshot, Policy
 from controlplane.services.allocations import Allocations
 from controlplane.services.context import Context
+from controlplane.services.limits import SubmissionLimiter
 from controlplane.services.reconcile import FINAL
 from controlplane.services.scheduling import model_speeds
 from controlplane.services.translate import node_views, pending_job
@@ -26,6 +28,21 @@ MAX_PAGE = 1000
 FOLLOW_POLL_S = 0.5
 
 
+FIT_CACHE_SIZE = 4096
+
+
+def _shape(spec: common_pb2.JobSpec) -> tuple:
+    """What decides whether a job can ever fit: queue, gang and resources."""
+    return (spec.queue, spec.replicas, spec.resources.SerializeToString(deterministic=True),
+            tuple(sorted(spec.variants)))
+
+
+def _inventory(nodes: list[common_pb2.Node]) -> tuple:
+    """The fleet's structure (not its live telemetry or status)."""
+    return tuple((n.name, n.pool, n.region, tuple((d.index, d.family, d.model, d.memory_bytes)
+                                                  for d in n.devices)) for n in nodes)
+
+
 def new_job_id() -> str:
     return "j-" + secrets.token_hex(6)
 
@@ -33,6 +50,14 @@ def new_job_id() -> str:
 class JobService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.limiter = SubmissionLimiter(ctx.settings.submit_rate_per_tenant,
+                                         ctx.settings.submit_burst_per_tenant, ctx.clock)
+        # job shape -> why it never fits ("" = it can), valid for the fleet
+        # inventory it was computed on: the core runs once per shape, not
+        # once per submission, until a node's devices change.
+        self._fit_cache: dict[tuple, str] = {}
+        self._fit_inventory: tuple = ()
+        self._fit_lock = threading.Lock()
 
     # -- submit -------------------------------------------------------------
     def submit(self, spec: common_pb2.JobSpec, client_key: str,
@@ -46,6 +71,7 @@ class JobService:
         tenant = spec.queue.split("/", 1)[0]
         if scope is not None and tenant != scope:
             raise PermissionDenied(f"tenant {scope!r} may not submit to queue {spec.queue!r}")
+        self.limiter.admit(tenant)
         job = J.Job(id=new_job_id(), tenant=tenant, client_key=client_key, spec=spec,
                     state=J.JOB_STATE_QUEUED, attempt=1)
         if client_key:
@@ -69,6 +95,23 @@ class JobService:
         nodes = self.ctx.fleet.nodes()
         if not nodes:
             return
+        inventory, key = _inventory(nodes), _shape(job.spec)
+        with self._fit_lock:
+            if inventory != self._fit_inventory:
+                self._fit_cache, self._fit_inventory = {}, inventory
+            reason = self._fit_cache.get(key)
+        if reason is None:
+            reason = self._never_fits(job, nodes)
+            with self._fit_lock:
+                if inventory == self._fit_inventory:  # not computed on a stale fleet
+                    if len(self._fit_cache) >= FIT_CACHE_SIZE:
+                        self._fit_cache.clear()
+                    self._fit_cache[key] = reason
+        if reason:
+            raise InvalidArgument("spec.resources", f"can never be placed: {reason}")
+
+    def _never_fits(self, job: common_pb2.Job, nodes: list[common_pb2.Node]) -> str:
+        """Why the core finds no node that could ever hold ``job``; "" if one can."""
         for node in nodes:
             node.status = J.NODE_STATUS_READY  # assume every node up and empty
             for dev in node.devices:
@@ -76,9 +119,7 @@ class JobService:
         views = node_views(nodes, Allocations(), self.ctx.catalogue)
         snap = ClusterSnapshot(nodes=tuple(views), model_speed=model_speeds(self.ctx))
         decision = schedule(snap, [pending_job(job, 0, self.ctx.catalogue)], Policy(), 0.0)
-        for wait in decision.waiting:
-            if wait.never_fits:
-                raise InvalidArgument("spec.resources", f"can never be placed: {wait.reason}")
+        return next((w.reason for w in decision.waiting if w.never_fits), "")
 
     # -- read ---------------------------------------------------------------
     def get(self, job_id: str, scope: str | None = None) -> common_pb2.Job:
