@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.api.errors import MalformedRequests
 from controlplane.api.servicers import AdminServicer, AgentServicer, JobServicer
 from controlplane.model.catalogue import load_catalogue
 from controlplane.observability.exporter import MetricsExporter
@@ -67,8 +68,11 @@ class ControlPlane:
         self.metrics.watch(self.controller.ctx)
         self.health = health.HealthServicer()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers),
-                                  options=SERVER_OPTIONS,
-                                  interceptors=[self.metrics.interceptor()])
+                                  options=(*SERVER_OPTIONS, (
+                                      "grpc.max_receive_message_length",
+                                      settings.max_message_bytes)),
+                                  interceptors=[self.metrics.interceptor(),
+                                                MalformedRequests()])
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.controller), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.controller), self.server)
@@ -100,6 +104,7 @@ class ControlPlane:
         self.metrics.set_ready(False)
         self.controller.stop()
         self.server.stop(grace).wait()
+        self.controller.agents.logs.close()  # write buffered agent output
         self.host.close()
         self.store.close()
         self.metrics.close()

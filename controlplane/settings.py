@@ -39,6 +39,17 @@ class ServerSettings:
     # Port of the Prometheus /metrics endpoint, on the host of `listen`;
     # 0 = off (several control planes on one host must not collide).
     metrics_port: int = 0
+    # Submissions per second per tenant (token bucket); 0 = unlimited. Past it
+    # SubmitJob answers RESOURCE_EXHAUSTED with a retry-after hint.
+    submit_rate_per_tenant: float = 1000.0
+    # Burst of submissions a tenant may make above the rate.
+    submit_burst_per_tenant: float = 2000.0
+    # Largest request message the server accepts (bytes); larger ones get
+    # gRPC's own RESOURCE_EXHAUSTED before any code runs.
+    max_message_bytes: int = 4 * 1024 * 1024
+    # Log output stored per job per second (bytes); the excess is dropped and
+    # replaced by one marker chunk per second; 0 = unlimited.
+    log_rate_bytes_per_job: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServerSettings:

@@ -24,6 +24,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     def __init__(self, controller: Controller) -> None:
         self.jobs = controller.jobs
+        self.migrations = controller.migrations
         self.guard = _guard(controller, "JobService")
 
     @unary
@@ -49,6 +50,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def CancelJob(self, request, context):
         who = self.guard(context, "CancelJob")
         return self.jobs.cancel(request.job_id, request.reason, who.tenant_scope)
+
+    @unary
+    def MigrateJob(self, request, context):
+        who = self.guard(context, "MigrateJob")
+        # Not ToTimedelta(): it overflows on extreme values the service refuses.
+        timeout = request.checkpoint_timeout.seconds + request.checkpoint_timeout.nanos / 1e9
+        return self.migrations.migrate(request.job_id, request.target, request.reason,
+                                       who.tenant_scope, timeout)
 
     @streaming
     def WatchJob(self, request, context):

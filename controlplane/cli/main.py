@@ -17,6 +17,7 @@ from controlplane.cli import (
     job,
     jobs,
     logs,
+    migrate,
     nodes,
     pools,
     server,
@@ -25,7 +26,7 @@ from controlplane.cli import (
     top,
 )
 
-COMMANDS = (server, agent, submit, jobs, job, logs, cancel, nodes, pools, demo, admin, top,
+COMMANDS = (server, agent, submit, jobs, job, logs, cancel, migrate, nodes, pools, demo, admin, top,
             simulate, bench)
 
 

@@ -28,6 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--catalogue", dest="catalogue_path", help="chip catalogue YAML")
     p.add_argument("--metrics-port", type=int, dest="metrics_port",
                    help="serve Prometheus /metrics on this port (default 0 = off)")
+    p.add_argument("--submit-rate", type=float, dest="submit_rate_per_tenant",
+                   help="submissions/s per tenant before RESOURCE_EXHAUSTED (default 1000; "
+                        "0 = unlimited)")
+    p.add_argument("--submit-burst", type=float, dest="submit_burst_per_tenant",
+                   help="submissions a tenant may burst above the rate (default 2000)")
+    p.add_argument("--max-message-bytes", type=int, dest="max_message_bytes",
+                   help="largest request accepted (default 4 MiB)")
+    p.add_argument("--log-rate", type=int, dest="log_rate_bytes_per_job",
+                   help="log bytes/s stored per job, excess dropped (default 1 MiB; 0 = off)")
     p.set_defaults(func=run)
 
 
@@ -41,5 +50,9 @@ def run(args: argparse.Namespace) -> int:
         node_lost_timeout_s=args.node_lost_timeout_s,
         schedule_interval_s=args.schedule_interval_s, stop_grace_s=args.stop_grace_s,
         auth_token=args.auth_token, catalogue_path=args.catalogue_path,
-        metrics_port=args.metrics_port)
+        metrics_port=args.metrics_port,
+        submit_rate_per_tenant=args.submit_rate_per_tenant,
+        submit_burst_per_tenant=args.submit_burst_per_tenant,
+        max_message_bytes=args.max_message_bytes,
+        log_rate_bytes_per_job=args.log_rate_bytes_per_job)
     return serve(settings)
