@@ -212,6 +212,27 @@ def test_duplicate_id_conflicts(store: Store) -> None:
         store.create_job(job("j-1"), T0)
 
 
+def test_create_jobs_is_one_batch_with_keys_resolved_in_order(store: Store) -> None:
+    submit(store, "j-0", key="old")
+    results = store.create_jobs([job("j-1", key="a"), job("j-2"), job("j-3", key="a"),
+                                 job("j-4", key="old"), job("j-5", queue="lab-b/x", key="a")],
+                                T0 + 2)
+    assert [(j.id, created) for j, created in results] == [
+        ("j-1", True), ("j-2", True), ("j-1", False), ("j-0", False), ("j-5", True)]
+    assert results[0][0] == store.get_job("j-1") and store.get_job("j-3") is None
+    assert results[1][0].created_at.seconds == int(T0 + 2)
+    assert [e.kind for e in store.events("j-2")] == ["submitted"]
+    assert store.count_jobs_by_state() == {QUEUED: 4}
+    assert store.create_jobs([], T0) == []
+
+
+def test_create_jobs_is_all_or_nothing(store: Store) -> None:
+    submit(store, "j-1")
+    with pytest.raises(ConflictError):
+        store.create_jobs([job("j-2"), job("j-1")], T0)
+    assert store.get_job("j-2") is None and store.events("j-2") == []
+
+
 def test_list_pages_newest_first(store: Store) -> None:
     submit(store, *(f"j-{i}" for i in range(7)))
     pages, cursor = [], None
@@ -728,8 +749,16 @@ def test_open_store_defaults_to_sqlite_in_the_data_dir(tmp_path: Path) -> None:
     assert (tmp_path / "other.db").exists()
 
 
-def test_open_store_uses_postgres_for_a_postgres_dsn(tmp_path: Path) -> None:
-    store = open_configured_store(_Settings(tmp_path, require_postgres()))
+def test_open_store_uses_postgres_for_a_postgres_dsn(tmp_path: Path,
+                                                    scratch: ScratchSchemas) -> None:
+    # A scratch schema through libpq options: the shared default schema may
+    # hold another checkout's (newer) migrations on a developer machine.
+    schema = scratch.name("open")
+    with psycopg.connect(scratch.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in scratch.dsn else "?"
+    dsn = f"{scratch.dsn}{separator}options=-csearch_path%3D{schema}"
+    store = open_configured_store(_Settings(tmp_path, dsn))
     try:
         assert isinstance(store, PostgresStore)
         assert store.count_jobs_by_state() is not None
