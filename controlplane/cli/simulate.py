@@ -16,6 +16,7 @@ from typing import Any
 from controlplane.sim import gavel, synth
 from controlplane.sim.errors import SimInputError
 from controlplane.sim.fleet import Fleet, read_fleet
+from controlplane.sim.knobs import parse_quotas, with_knobs
 from controlplane.sim.plot import plot_timelines
 from controlplane.sim.policies import POLICIES, make_policies
 from controlplane.sim.report import table
@@ -39,6 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rescale arrivals to this offered load (1.0 = fleet just keeps up)")
     p.add_argument("--policies", default="xinhe,fifo,pinned",
                    help=f"comma-separated, from {','.join(POLICIES)}")
+    p.add_argument("--quotas", default="", metavar="SPEC",
+                   help="tenant:family_or_model=devices[+borrow],... e.g. "
+                        "lab-a:ascend=16+8 (no +N: unlimited borrowing)")
+    p.add_argument("--checkpoint-every", type=float, default=600.0, metavar="S",
+                   help="jobs checkpoint every S s; a preempted job loses what it ran "
+                        "since (0 = nothing lost)")
+    p.add_argument("--max-preemptions", type=int, default=8,
+                   help="preemptions per scheduling round (0 = never preempt)")
+    p.add_argument("--preemption-cooldown", type=float, default=300.0, metavar="S",
+                   help="a job preempted less than S s ago is not preempted again")
     p.add_argument("--json", metavar="FILE", help="write the JSON report here (not stdout)")
     p.add_argument("--plot", metavar="PNG", help="utilisation and queue over time "
                    "(needs the 'plot' extra: matplotlib)")
@@ -49,10 +60,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         physics, jobs, inputs = load_inputs(args)
         policies = make_policies(args.policies)
+        quotas = parse_quotas(args.quotas)
+        with_knobs(policies, quotas, args.max_preemptions, args.preemption_cooldown)
+        if args.checkpoint_every < 0:
+            raise SimInputError("--checkpoint-every must be >= 0")
+        inputs["quotas"] = args.quotas
     except (SimInputError, ValueError, OSError) as exc:
         print(f"xinhe simulate: {exc}", file=sys.stderr)
         return 2
-    comparison = run_policies(jobs, physics, policies)
+    comparison = run_policies(jobs, physics, policies, args.checkpoint_every)
     report = comparison.as_json(inputs)
     print(table(comparison.summaries))
     if args.json:

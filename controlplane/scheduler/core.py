@@ -27,6 +27,7 @@ Seams: ``ordering`` (``Policy.fair_share`` orders by ``core_share``) and
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from controlplane.scheduler.core_estimate import (
     NO_RELEASES,
@@ -43,12 +44,19 @@ from controlplane.scheduler.core_fleet import (
     ShapeKey,
     StaticVerdict,
     build_groups,
-    gigabytes,
     shape_key,
     static_verdict,
 )
 from controlplane.scheduler.core_ledger import ReplicaSlot
+from controlplane.scheduler.core_preempt import (
+    Preemptor,
+    explain_preempting,
+    freed_devices,
+    preemption_reason,
+)
+from controlplane.scheduler.core_quota import Admit, QuotaBook
 from controlplane.scheduler.core_rank import Holds, RankKey, Reservation, ShapeRank
+from controlplane.scheduler.core_reasons import capacity_reason
 from controlplane.scheduler.core_share import fair_share_order
 from controlplane.scheduler.types import (
     Candidate,
@@ -57,6 +65,7 @@ from controlplane.scheduler.types import (
     PendingJob,
     PlacementDecision,
     Policy,
+    PreemptionDecision,
     ReplicaAssignment,
     WaitDecision,
 )
@@ -94,13 +103,21 @@ def schedule(
         queue = fair_share_order(pending, snapshot, policy)
     else:
         queue = order_queue(pending)
+    # With quotas, jobs that could only borrow go after all the others:
+    # borrowing takes what nominal work leaves idle (and a reclaimed victim
+    # does not take its devices back ahead of the owner that preempted it).
+    deferred = [job for job in queue if state.borrows_only(job)] if state.quotas.active else []
+    if deferred:
+        later = {job.job_id for job in deferred}
+        queue = [*(job for job in queue if job.job_id not in later), *deferred]
     for job in queue:
         decision = state.decide(job)
         if isinstance(decision, PlacementDecision):
             placements.append(decision)
         else:
             waiting.append(decision)
-    return Decisions(placements=tuple(placements), waiting=tuple(waiting))
+    return Decisions(placements=tuple(placements), waiting=tuple(waiting),
+                     preemptions=tuple(state.preemptions))
 
 
 class RoundState:
@@ -122,18 +139,34 @@ class RoundState:
         # Start estimates per (group, devices needed): valid while the group's
         # free devices and reservations are unchanged.
         self.starts: dict[tuple[Group, int], tuple[int, int, float]] = {}
+        self.quotas = QuotaBook(policy.quotas, snapshot)
+        self.preemptor = Preemptor(snapshot, policy, now)
+        self.preemptions: list[PreemptionDecision] = []
+        # The current job's quota verdict per group (None: no quota applies).
+        self.admits: dict[Group, Admit] | None = None
 
-    def decide(self, job: PendingJob) -> Decision:
-        """One job's decision; places it in the ledger when it is placed."""
+    def _verdict(self, job: PendingJob) -> tuple[ShapeKey, StaticVerdict]:
         skey = shape_key(job)
         verdict = self.verdicts.get(skey)
         if verdict is None:
             verdict = self.verdicts[skey] = static_verdict(self.groups, job)
+        return skey, verdict
+
+    def borrows_only(self, job: PendingJob) -> bool:
+        """Would ``job`` borrow wherever its quota lets it go (at round start)?"""
+        return self.quotas.borrows_only(job, self._verdict(job)[1].groups)
+
+    def decide(self, job: PendingJob) -> Decision:
+        """One job's decision; places it in the ledger when it is placed."""
+        skey, verdict = self._verdict(job)
         if verdict.never_reason:
             return WaitDecision(job.job_id, verdict.never_reason, never_fits=True)
         refusal = self.admission_refusal(job)
         if refusal:
             return WaitDecision(job.job_id, refusal)
+        self.admits, quota_refusal = self.quotas.admits(job, verdict.groups)
+        if quota_refusal:
+            return WaitDecision(job.job_id, quota_refusal)
         key = (skey, job.cpu_millis, job.memory_bytes, job.speed)
         rank = self.ranks.get(key)
         if rank is None:
@@ -165,7 +198,10 @@ class RoundState:
         dead: list[Group] = []
         can_reserve = self.reservations < self.policy.max_reservations_per_round
         hold_nothing = not self.policy.max_reservations_per_round
+        admits = self.admits
         for pos, (speed, group) in enumerate(rank.entries):
+            if admits is not None and admits[group] is Admit.REFUSE:
+                continue
             runtime = reference / speed
             held = self.reserved.get(group)
             ledger = group.ledger
@@ -179,7 +215,12 @@ class RoundState:
                 if slots is not None:
                     if held is not None:
                         held.charge(now + runtime, need)
-                    return self._placement(job, rank, pos, here, passed, slots)
+                    borrowed = False
+                    if admits is not None:
+                        borrowed = admits[group] is Admit.BORROW
+                        self.quotas.charge(job.tenant, group.family, group.model, need)
+                    decision = self._placement(job, rank, pos, here, passed, slots)
+                    return replace(decision, borrowed=True) if borrowed else decision
                 roomy = False  # host CPU/memory rule the group out for this shape
             if not (can_reserve or hold_nothing):
                 if not roomy:  # neither takes nor is waited for again this round
@@ -253,10 +294,38 @@ class RoundState:
     ) -> WaitDecision:
         """Nothing fits now: reserve the group where the job would finish first."""
         reason = self._capacity_reason(job, rank, groups)
+        if self.preemptor.worth_trying(job):
+            preempting = self._preempt_for(job, rank, reason)
+            if preempting is not None:
+                return preempting
         if best is None or not self.policy.max_reservations_per_round:
             return WaitDecision(job.job_id, reason)
         self._reserve(job, best[1], best[0])
         return WaitDecision(job.job_id, explain_reserved(reason, best[0], self.now))
+
+    def _preempt_for(self, job: PendingJob, rank: ShapeRank, reason: str) -> WaitDecision | None:
+        """Preempt in one group so ``job`` fits there next round, holding the
+        group for it now; None when no allowed victims make it fit."""
+        admits = self.admits
+        groups = [g for _, g in rank.entries]
+        reclaims = {g for g in groups if admits is not None and admits[g] is Admit.NOMINAL
+                    and self.quotas.matching(job.tenant, g.family, g.model)}
+        plan = self.preemptor.plan(job, groups, admits, reclaims)
+        if plan is None:
+            return None
+        group, victims = plan
+        self.preemptions.extend(
+            PreemptionDecision(v.job_id, preemption_reason(v, job), job.job_id)
+            for v in victims)
+        if self.policy.max_reservations_per_round:
+            runtime = (job.reference_runtime_s or self.policy.default_runtime_s) / next(
+                s for s, g in rank.entries if g is group)
+            need = job.replicas * job.devices_per_replica
+            spare = group.ledger.free_devices + freed_devices(group, victims) - need
+            held = self.reserved.setdefault(group, Holds())
+            held.add(Reservation(job.job_id, self.now, self.now + runtime, need, spare))
+            self.reservations += 1
+        return WaitDecision(job.job_id, explain_preempting(victims, group, reason))
 
     def _capacity_reason(self, job: PendingJob, rank: ShapeRank, groups: Sequence[Group]) -> str:
         memo = self.reasons.get(rank)  # one rank per shape and host request
@@ -307,48 +376,3 @@ class RoundState:
             else:
                 out.append(self._busy(group, job, runtime))
         return out
-
-
-def capacity_reason(job: PendingJob, groups: Sequence[Group]) -> str:
-    """Why a statically feasible job cannot start now, in a tenant's words."""
-    models = "|".join(sorted({g.model for g in groups}))
-    d = job.devices_per_replica
-    if d == 0:
-        parts = [f"waiting for capacity: needs {job.replicas} CPU-only replicas on {models}"]
-    else:
-        parts = [f"waiting for capacity: needs {job.replicas}x{d} devices of {models}"]
-        parts.extend(_free_device_notes(job, groups))
-    host = [f"{job.cpu_millis}m CPU"] if job.cpu_millis else []
-    host += [f"{gigabytes(job.memory_bytes)} host memory"] if job.memory_bytes else []
-    if host:
-        parts.append(f"each replica also needs {' and '.join(host)}")
-    parts.extend(_cordoned_note(job, groups))
-    return "; ".join(parts)
-
-
-def _cordoned_note(job: PendingJob, groups: Sequence[Group]) -> list[str]:
-    """Name cordoned/disconnected capacity when it alone would make the job fit."""
-    need = job.replicas * job.devices_per_replica
-    blocked = [
-        g for g in groups
-        if g.ledger.free_devices < need <= g.ledger.free_devices + g.unschedulable_devices
-    ]
-    if not blocked:
-        return []
-    group = min(blocked, key=lambda g: (-g.unschedulable_devices, g.key))
-    return [
-        f"{group.unschedulable_devices} more devices are on unschedulable "
-        f"(cordoned or disconnected) nodes in pool {group.pool}"
-    ]
-
-
-def _free_device_notes(job: PendingJob, groups: Sequence[Group]) -> list[str]:
-    """The roomiest group's free devices, and whether fragmentation is the snag."""
-    roomiest = min(groups, key=lambda g: (-g.ledger.free_devices, g.key))
-    free = roomiest.ledger.free_devices
-    notes = [f"most free in one pool: {free} (pool {roomiest.pool})"]
-    d = job.devices_per_replica
-    if free >= job.replicas * d and roomiest.ledger.slot_bound(d) < job.replicas:
-        on_node = roomiest.ledger.most_free_on_one_node()
-        notes.append(f"free devices are fragmented: at most {on_node} on one node")
-    return notes

@@ -50,6 +50,18 @@ class RunningView:
     # and the snapshot's ``model_speed``.
     tenant: str = ""
     normalised_devices: float = 0.0
+    # Quotas and preemption (``core_quota``, ``core_preempt``). ``borrowed``:
+    # placed beyond the tenant's nominal quota (the placement said so); such
+    # capacity is reclaimed first. ``nodes``: (node name, device count) the
+    # job holds; a job without it is never chosen as a victim (the core
+    # cannot tell which devices it would free).
+    borrowed: bool = False
+    priority: int = 0
+    preemptible: bool = True
+    seconds_since_checkpoint: float = 0.0  # 0 = unknown: time since started_at
+    started_at: float | None = None  # absolute
+    last_preempted_at: float | None = None  # absolute; rate-limits preemption
+    nodes: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,24 @@ class PendingJob:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """A tenant's share of one accelerator family or model (``family_or_model``
+    matches a node's family or its catalogue model).
+
+    ``devices`` is the nominal quota: always admitted, and reclaimed by
+    preempting others' borrowed jobs when needed. Beyond it the tenant may
+    borrow idle capacity up to ``borrow_limit`` more devices (None =
+    unlimited); borrowed jobs are the first to be preempted. A tenant with
+    no quota matching a pool is not limited there.
+    """
+
+    tenant: str
+    family_or_model: str
+    devices: int
+    borrow_limit: int | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     """Knobs of the core. Defaults are the documented behaviour."""
 
@@ -113,6 +143,13 @@ class Policy:
     fair_share: bool = False
     # (tenant, weight) pairs; unnamed tenants weigh 1.0; weights must be > 0.
     tenant_weights: tuple[tuple[str, float], ...] = ()
+    # Quotas per tenant and family/model; empty = no limits.
+    quotas: tuple[Quota, ...] = ()
+    # Preemption: at most this many victims per round (0 = never preempt),
+    # and a job preempted less than ``preemption_cooldown_s`` ago is not
+    # preempted again, so the cluster cannot thrash.
+    max_preemptions_per_round: int = 8
+    preemption_cooldown_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +191,8 @@ class PlacementDecision:
     chosen_index: int = 0
     others_not_compared: int = 0
     decided_at: float = 0.0  # the round's ``now``: estimates are shown relative to it
+    # Beyond the tenant's nominal quota: carry into RunningView.borrowed.
+    borrowed: bool = False
 
     @cached_property
     def explanation(self) -> str:
@@ -172,6 +211,17 @@ class WaitDecision:
 
 
 @dataclass(frozen=True)
+class PreemptionDecision:
+    """Stop running job ``job_id`` and requeue it (not fail it) so that
+    ``for_job`` can start on its devices in a later round."""
+
+    job_id: str
+    reason: str
+    for_job: str
+
+
+@dataclass(frozen=True)
 class Decisions:
     placements: tuple[PlacementDecision, ...] = ()
     waiting: tuple[WaitDecision, ...] = field(default=())
+    preemptions: tuple[PreemptionDecision, ...] = ()

@@ -7,6 +7,12 @@ for one round and applies its preemptions and placements. A job runs for
 jobs' true ends are what the core sees as ``expected_end``. Nothing reads a
 wall clock and ties are broken by submission order, so the same input always
 gives the same result.
+
+Preemption: a stopped job keeps the progress of its last checkpoint (one
+every ``checkpoint_every_s`` of running; 0 = continuously, nothing lost),
+loses the rest, and is requeued. After a round that preempted, another
+round runs at the same time, so the preemptor can take the freed devices
+(the core makes it wait one round for its victims to stop).
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from controlplane.sim.state import (
     eligible_families,
 )
 from controlplane.sim.trace import TraceJob
+
+# Rounds at one event time: preemptions trigger another; bounded so a policy
+# that keeps preempting cannot stall the clock.
+MAX_ROUNDS_PER_EVENT = 4
 
 
 class SchedulingPolicy(Protocol):
@@ -68,14 +78,22 @@ class SimResult:
     unfinished: list[str] = field(default_factory=list)
     preemptions: int = 0
     rounds: int = 0
+    # Per tenant: device-seconds held, held as borrowed capacity, and of work
+    # lost to preemption (run since the last checkpoint).
+    device_s: Counter[str] = field(default_factory=Counter)
+    borrowed_device_s: Counter[str] = field(default_factory=Counter)
+    lost_device_s: Counter[str] = field(default_factory=Counter)
 
 
 class Simulation:
     """One run of one policy over one trace on one fleet."""
 
     def __init__(self, jobs: Sequence[TraceJob], physics: Physics,
-                 policy: SchedulingPolicy) -> None:
+                 policy: SchedulingPolicy, checkpoint_every_s: float = 600.0) -> None:
+        if checkpoint_every_s < 0:
+            raise SimInputError(f"checkpoint interval must be >= 0, got {checkpoint_every_s}")
         self.physics, self.policy = physics, policy
+        self.checkpoint_every_s = checkpoint_every_s
         self.cluster = Cluster(physics.fleet)
         self.arrivals = sorted(jobs, key=lambda j: j.submit_time_s)
         self.queue: dict[str, QueuedJob] = {}
@@ -98,8 +116,10 @@ class Simulation:
                    and self.arrivals[next_arrival].submit_time_s <= now):
                 changed |= self._arrive(self.arrivals[next_arrival], next_arrival)
                 next_arrival += 1
-            if changed and self.queue:
-                self._round(now)
+            rounds = 0
+            while changed and self.queue and rounds < MAX_ROUNDS_PER_EVENT:
+                changed = self._round(now)  # True after preemptions: go again
+                rounds += 1
             self._sample(now)
         self.result.unfinished = sorted(self.queue)
         self.result.records = sorted(self.records.values(), key=lambda r: r.job.submit_time_s)
@@ -139,15 +159,17 @@ class Simulation:
         self.queue[queued.job.job_id] = queued
         self.waiting_for.update(queued.eligible_families)
 
-    def _round(self, now: float) -> None:
+    def _round(self, now: float) -> bool:
+        """One policy round; True when it preempted (devices were freed)."""
         view = RoundView(now, self.cluster, self.physics, tuple(self.queue.values()),
-                         tuple(self.running.values()))
+                         tuple(self.running.values()), self.checkpoint_every_s)
         result = self.policy.round(view)
         self.result.rounds += 1
         for job_id in result.preemptions:
             self._preempt(job_id, now)
         for placement in result.placements:
             self._start(placement, now)
+        return bool(result.preemptions)
 
     def _start(self, placement: SimPlacement, now: float) -> None:
         queued = self.queue.pop(placement.job_id, None)
@@ -161,26 +183,38 @@ class Simulation:
         runtime = queued.remaining * self.physics.runtime_s(queued.job, pool.model)
         self._epoch += 1
         run = RunningJob(queued, placement.pool, placement.devices, now, now + runtime,
-                         self._epoch)
+                         self._epoch, borrowed=placement.borrowed)
         self.running[placement.job_id] = run
         heapq.heappush(self.completions, (run.end, queued.order, placement.job_id, run.epoch))
         self.busy[pool.family] += queued.job.devices
         self.busy_models[pool.model] += queued.job.devices
         self.records.setdefault(placement.job_id, JobRecord(queued.job, now))
 
-    def _release(self, job_id: str) -> RunningJob:
+    def _release(self, job_id: str, stop: float | None = None) -> RunningJob:
+        """Free a job's devices; ``stop`` is when it stopped (default: its end)."""
         run = self.running.pop(job_id)
         pool = self.cluster.fleet.pools[run.pool]
+        held = run.queued.job.devices * ((run.end if stop is None else stop) - run.start)
+        self.result.device_s[run.queued.job.tenant] += held
+        if run.borrowed:
+            self.result.borrowed_device_s[run.queued.job.tenant] += held
         self.cluster.give_back(run.devices)
         self.busy[pool.family] -= run.queued.job.devices
         self.busy_models[pool.model] -= run.queued.job.devices
         return run
 
     def _preempt(self, job_id: str, now: float) -> None:
-        """Stop a running job and requeue it with its progress kept."""
-        run = self._release(job_id)
-        done = (now - run.start) / (run.end - run.start) if run.end > run.start else 1.0
+        """Stop a running job and requeue it with its last checkpoint's progress."""
+        if job_id not in self.running:
+            raise SimInputError(f"{self.policy.name} preempted {job_id}, not running")
+        run = self._release(job_id, now)
+        ran = now - run.start
+        every = self.checkpoint_every_s
+        kept = ran if every <= 0 else (ran // every) * every
+        done = kept / (run.end - run.start) if run.end > run.start else 1.0
         run.queued.remaining *= max(0.0, 1.0 - done)
+        run.queued.last_preempted_at = now
+        self.result.lost_device_s[run.queued.job.tenant] += (ran - kept) * run.queued.job.devices
         self._enqueue(run.queued)
         self.records[job_id].preemptions += 1
         self.result.preemptions += 1
@@ -195,6 +229,7 @@ class Simulation:
             timeline.append(sample)
 
 
-def simulate(jobs: Sequence[TraceJob], physics: Physics, policy: SchedulingPolicy) -> SimResult:
+def simulate(jobs: Sequence[TraceJob], physics: Physics, policy: SchedulingPolicy,
+             checkpoint_every_s: float = 600.0) -> SimResult:
     """Run ``policy`` over ``jobs`` on ``physics.fleet``."""
-    return Simulation(jobs, physics, policy).run()
+    return Simulation(jobs, physics, policy, checkpoint_every_s).run()

@@ -49,7 +49,8 @@ class XinheCorePolicy:
     def round(self, view: RoundView) -> RoundResult:
         pending = [self.pending(q, view.physics) for q in view.queue]
         decisions = schedule(view.snapshot(), pending, self.policy, view.now)
-        return RoundResult(tuple(view.placement(d) for d in decisions.placements))
+        return RoundResult(tuple(view.placement(d) for d in decisions.placements),
+                           tuple(p.job_id for p in decisions.preemptions))
 
     def pending(self, queued: QueuedJob, physics: Physics) -> PendingJob:
         return pending_job(queued)

@@ -10,6 +10,9 @@
 * Fairness: Jain's index over tenants of their mean normalised service,
   x_t = mean over the tenant's jobs of (lower-bound runtime / JCT), in
   (0, 1]; 1.0 = every tenant is served equally close to its physical limit.
+* Per tenant: device-hours held, of them on borrowed capacity (beyond the
+  nominal quota), device-hours of work lost to preemption (run since the
+  last checkpoint), and how often its jobs were preempted.
 """
 
 from __future__ import annotations
@@ -62,10 +65,23 @@ def summarize(result: SimResult, physics: Physics) -> dict[str, Any]:
         "utilisation_by_model": model_utilisation(result.timeline, physics),
         "fairness_jain": fairness(result, best),
         "preemptions": result.preemptions,
+        "tenants": tenant_use(result),
         "rounds": result.rounds,
         "unfinished": len(result.unfinished),
         "never_fits": len(result.never_fits),
     }
+
+
+def tenant_use(result: SimResult) -> dict[str, dict[str, float]]:
+    """Quota use and preemption cost per tenant (see module doc)."""
+    preempted: dict[str, int] = defaultdict(int)
+    for r in result.records:
+        preempted[r.job.tenant] += r.preemptions
+    tenants = sorted({*result.device_s, *preempted})
+    return {t: {"device_hours": result.device_s[t] / 3600,
+                "borrowed_device_hours": result.borrowed_device_s[t] / 3600,
+                "lost_device_hours": result.lost_device_s[t] / 3600,
+                "preempted": preempted[t]} for t in tenants}
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -138,7 +154,19 @@ def table(summaries: Sequence[dict[str, Any]]) -> str:
             f"{s['policy']:<8} {_h(s['avg_jct_s']):>10} {_h(s['lower_bound_avg_jct_s']):>8} "
             f"{_h(s['p99_jct_s']):>10} {_h(s['avg_wait_s']):>10} {_h(s['p99_wait_s']):>10} "
             f"{_h(s['makespan_s']):>10} {s['fairness_jain']:>5.2f} {s['preemptions']:>7}  {util}")
+        rows.extend(_tenant_rows(s))
     return "\n".join(rows)
+
+
+def _tenant_rows(summary: dict[str, Any]) -> list[str]:
+    """Per-tenant quota use, only when something was borrowed or preempted."""
+    tenants = summary.get("tenants", {})
+    if not any(t["borrowed_device_hours"] or t["preempted"] for t in tenants.values()):
+        return []
+    return [f"  {name}: {t['device_hours']:.1f} device-h, "
+            f"borrowed {t['borrowed_device_hours']:.1f}, "
+            f"lost to preemption {t['lost_device_hours']:.1f}, preempted {t['preempted']}x"
+            for name, t in tenants.items()]
 
 
 def _h(seconds: float) -> str:

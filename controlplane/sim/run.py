@@ -23,7 +23,8 @@ class Comparison:
 
 
 def run_policies(jobs: Sequence[TraceJob], physics: Physics,
-                 policies: Sequence[SchedulingPolicy]) -> Comparison:
+                 policies: Sequence[SchedulingPolicy],
+                 checkpoint_every_s: float = 600.0) -> Comparison:
     """Simulate each policy on the same input (deterministic)."""
-    results = tuple(simulate(jobs, physics, p) for p in policies)
+    results = tuple(simulate(jobs, physics, p, checkpoint_every_s) for p in policies)
     return Comparison(results, tuple(summarize(r, physics) for r in results))

@@ -10,7 +10,7 @@ little more than the core itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controlplane.scheduler.types import (
     ClusterSnapshot,
@@ -31,6 +31,7 @@ class SimPlacement:
     job_id: str
     pool: int  # index into Fleet.pools
     devices: tuple[tuple[int, int], ...]  # (node index, device count)
+    borrowed: bool = False  # beyond the tenant's nominal quota
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class QueuedJob:
     remaining: float = 1.0  # fraction of the work still to do
     eligible_families: frozenset[str] = frozenset()
     pending: PendingJob | None = None  # the core's view, rebuilt when remaining changes
+    last_preempted_at: float | None = None
 
 
 @dataclass
@@ -60,6 +62,7 @@ class RunningJob:
     end: float
     epoch: int  # completion events of an older epoch are stale (preempted)
     view: RunningView | None = field(default=None, repr=False)
+    borrowed: bool = False
 
 
 class Cluster:
@@ -121,15 +124,25 @@ class RoundView:
     physics: Physics
     queue: Sequence[QueuedJob]  # in submission order
     running: Sequence[RunningJob]
+    # Jobs checkpoint every this many seconds of running (0 = continuously):
+    # what the core sees as ``seconds_since_checkpoint``.
+    checkpoint_every_s: float = 0.0
 
     def snapshot(self) -> ClusterSnapshot:
         """The fleet as the scheduler core sees it; running jobs carry their
         true expected end (the simulator knows runtimes exactly)."""
         return ClusterSnapshot(
             nodes=self.cluster.node_views(),
-            running=tuple(running_view(r, self.cluster) for r in self.running),
+            running=tuple(self._running_view(r) for r in self.running),
             model_speed=self.physics.model_speeds(),
         )
+
+    def _running_view(self, run: RunningJob) -> RunningView:
+        view = running_view(run, self.cluster)
+        every = self.checkpoint_every_s
+        since = (self.now - run.start) % every if every > 0 else 0.0
+        # 0 would read as "unknown" (time since start): a tiny positive keeps it known.
+        return replace(view, seconds_since_checkpoint=max(since, 1e-9))
 
     def placement(self, decision: PlacementDecision) -> SimPlacement:
         """A core decision in the engine's terms (devices counted per node)."""
@@ -138,7 +151,8 @@ class RoundView:
             node = self.cluster.node_index[replica.node]
             counts[node] = counts.get(node, 0) + len(replica.device_indices)
         pool = self.cluster.node_pool[next(iter(counts))]
-        return SimPlacement(decision.job_id, pool, tuple(sorted(counts.items())))
+        return SimPlacement(decision.job_id, pool, tuple(sorted(counts.items())),
+                            decision.borrowed)
 
 
 def running_view(run: RunningJob, cluster: Cluster) -> RunningView:
@@ -147,7 +161,10 @@ def running_view(run: RunningJob, cluster: Cluster) -> RunningView:
         run.view = RunningView(
             job_id=run.queued.job.job_id, pool=pool.name, model=pool.model,
             devices=sum(c for _, c in run.devices), expected_end=run.end,
-            tenant=run.queued.job.tenant,
+            tenant=run.queued.job.tenant, borrowed=run.borrowed,
+            priority=run.queued.job.priority, started_at=run.start,
+            last_preempted_at=run.queued.last_preempted_at,
+            nodes=tuple((cluster.node_names[n], c) for n, c in run.devices),
         )
     return run.view
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from controlplane.model.catalogue import Catalogue, default_catalogue
 from controlplane.sim.fleet import Fleet, make_pool
@@ -97,3 +97,16 @@ def _filters(rng: random.Random, fleet: Fleet) -> tuple[str, ...]:
     if draw < 0.85:
         return tuple(rng.sample(fleet.families(), rng.choice((2, 3))))
     return (rng.choice(fleet.models()),)
+
+
+def two_tenant_trace(n_jobs: int, seed: int = 0, load: float = 1.5,
+                     fleet: Fleet | None = None) -> list[TraceJob]:
+    """The quota and preemption scenario: the synthetic workload split
+    between lab-a (research, priority 0) and lab-b (production: every third
+    of its jobs at priority 1), alternating by arrival."""
+    jobs = synthetic_trace(n_jobs, seed, load, fleet)
+    return [
+        replace(job, tenant="lab-a" if i % 2 == 0 else "lab-b",
+                priority=1 if i % 6 == 1 else 0)
+        for i, job in enumerate(jobs)
+    ]

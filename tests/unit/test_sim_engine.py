@@ -120,12 +120,23 @@ def test_preemption_keeps_progress_and_is_counted() -> None:
     fleet = Fleet((make_pool("a100", "east", "A100", 1, 1),))
     jobs = [job("low", 0, speed=()), job("high", 10, runtime=30, speed=())]
     physics = Physics.of(fleet)
-    result = simulate(jobs, physics, ScriptedPreemptor())
+    result = simulate(jobs, physics, ScriptedPreemptor(), checkpoint_every_s=0)
     finish = {r.job.job_id: r.finish for r in result.records}
     # low: 10 s done, preempted, resumes at 40 with 90 s left.
     assert finish == pytest.approx({"low": 130, "high": 40})
     assert result.preemptions == 1
     assert summarize(result, physics)["preemptions"] == 1
+    assert result.lost_device_s["t"] == 0
+
+
+def test_preemption_loses_work_since_the_last_checkpoint() -> None:
+    fleet = Fleet((make_pool("a100", "east", "A100", 1, 1),))
+    jobs = [job("low", 0, speed=()), job("high", 10, runtime=30, speed=())]
+    result = simulate(jobs, Physics.of(fleet), ScriptedPreemptor(), checkpoint_every_s=4)
+    finish = {r.job.job_id: r.finish for r in result.records}
+    # low: checkpoint at 8 s, preempted at 10 s: 2 s lost, 92 s left from 40.
+    assert finish == pytest.approx({"low": 132, "high": 40})
+    assert result.lost_device_s["t"] == pytest.approx(2)
 
 
 def test_same_input_same_result() -> None:
