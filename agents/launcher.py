@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from controlplane.model.catalogue import Catalogue, default_catalogue
 
@@ -67,6 +67,7 @@ class ReplicaSpec:
     family: str = ""
     model: str = ""
     device_indices: tuple[int, ...] = ()
+    epoch: int = 0  # fencing epoch of the assignment (labels a pod)
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -270,6 +271,43 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
+class ReplicaHandle(Protocol):
+    """What the agent holds for a running replica, whatever runs it.
+
+    :class:`ReplicaProcess` is the local implementation; other backends (a
+    Kubernetes pod) provide the same members and report through the same
+    callbacks, in the same order, with the handle as first argument.
+    """
+
+    spec: ReplicaSpec
+    phase: ReplicaPhase | None
+
+    @property
+    def done(self) -> bool: ...
+    def stop(self, grace: float = 10.0, reason: str = "") -> None: ...
+    def send_signal(self, sig: int) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class ReplicaBackend(Protocol):
+    """Where the agent runs replicas: :class:`Launcher` (local processes) by default."""
+
+    def start(self, spec: ReplicaSpec, device_env: Mapping[str, str],
+              on_state: StateCallback,
+              on_output: OutputCallback | None = None) -> ReplicaHandle: ...
+
+
+def job_env(spec: ReplicaSpec, device_env: Mapping[str, str]) -> dict[str, str]:
+    """The variables a replica gets from Xinhe, in increasing precedence: the
+    job's env, the adapter's device env, then the runtime variables (rank,
+    world size, master address...). Shared by every backend so a pod and a
+    process see the same runtime contract."""
+    env = dict(spec.env)
+    env.update(device_env)
+    env.update(_runtime_vars(spec))
+    return env
+
+
 class Launcher:
     """Renders a replica's environment and working directory, then runs it."""
 
@@ -305,9 +343,7 @@ class Launcher:
         job's env, the adapter's device env, then the runtime variables."""
         env = {k: v for k, v in os.environ.items() if not self._owned(k)}
         env.setdefault("PYTHONUNBUFFERED", "1")  # logs stream as they happen
-        env.update(spec.env)
-        env.update(device_env)
-        env.update(_runtime_vars(spec))
+        env.update(job_env(spec, device_env))
         return env
 
     def _owned(self, name: str) -> bool:

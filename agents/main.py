@@ -49,6 +49,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve Prometheus /metrics on this port of --address (0 = off)")
     parser.add_argument("--stop-grace", type=float, default=10.0,
                         help="seconds between SIGTERM and SIGKILL when stopping replicas")
+    executor = parser.add_argument_group("Kubernetes executor (--executor kubernetes)")
+    executor.add_argument("--executor", choices=["process", "kubernetes"], default="process",
+                          help="run replicas as local processes (default) or as pods of "
+                               "the cluster this agent manages")
+    executor.add_argument("--namespace", default=os.environ.get("XINHE_NAMESPACE", "default"),
+                          help="namespace of the job pods (env XINHE_NAMESPACE)")
+    executor.add_argument("--kubeconfig", default=None,
+                          help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, "
+                               "then the in-cluster service account)")
+    executor.add_argument("--image", default=os.environ.get("XINHE_JOB_IMAGE"),
+                          help="default container image of job pods (env XINHE_JOB_IMAGE); "
+                               "a job may set XINHE_IMAGE in its env or variant")
+    executor.add_argument("--family-image", action="append", default=[],
+                          metavar="FAMILY=IMAGE", help="image for one family (repeatable)")
+    executor.add_argument("--pod-service-account", default=None,
+                          help="service account of job pods (default: the namespace's)")
     # SUPPRESS: `xinhe --log-level X agent` must not be overridden by a default here.
     parser.add_argument("--log-level", default=argparse.SUPPRESS, type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -76,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level,  # a no-op when the xinhe CLI configured logging
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
+    if args.executor == "kubernetes":
+        return _run_kubernetes(args)
     try:
         adapters = build_adapters(args)
     except ValueError as err:
@@ -102,6 +120,37 @@ def run(args: argparse.Namespace) -> int:
     agent.start()
     stop_requested.wait()
     agent.shutdown()
+    return 0
+
+
+def _wait_for_signal() -> None:
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stop_requested.wait()
+
+
+def _run_kubernetes(args: argparse.Namespace) -> int:
+    """One agent per accelerator node of the cluster, replicas as pods."""
+    from agents.kubernetes.run import start_executor  # needs the optional client
+
+    config = build_config(args)
+    try:
+        cluster, agents = start_executor(args, config)
+    except (ValueError, RuntimeError) as err:
+        log.error("%s", err)
+        return 2
+    if args.metrics_port:
+        log.warning("--metrics-port is not served by the Kubernetes executor yet")
+    _wait_for_signal()
+    for agent in agents:
+        agent.shutdown()
+    cluster.monitor.close()
     return 0
 
 

@@ -60,13 +60,24 @@ def test_every_manifest_matches_the_kubernetes_api(case: str) -> None:
     assert not errors, "\n".join(errors)
 
 
+CLUSTER_SCOPED = frozenset({"ClusterRole", "ClusterRoleBinding"})
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_every_object_is_labelled_and_namespaced(case: str) -> None:
     for doc in render_case(case):
         meta = doc["metadata"]
         assert meta["labels"]["app.kubernetes.io/instance"] == RELEASE, meta["name"]
-        assert meta.get("namespace") == NAMESPACE, f"{doc['kind']}/{meta['name']}"
+        expected = None if doc["kind"] in CLUSTER_SCOPED else NAMESPACE
+        assert meta.get("namespace") == expected, f"{doc['kind']}/{meta['name']}"
         assert len(meta["name"]) <= 63, meta["name"]
+
+
+def test_cluster_scoped_rbac_is_only_read_access_to_nodes() -> None:
+    for case in CASES:
+        for role in of_kind(render_case(case), "ClusterRole"):
+            assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"],
+                                      "verbs": ["get", "list", "watch"]}], case
 
 
 def rendered_catalogue(docs: tuple[dict[str, Any], ...]) -> Any:
