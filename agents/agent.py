@@ -9,9 +9,10 @@ with jittered exponential backoff, and its replicas keep running meanwhile.
 
 Delivery: every ReplicaStatus gets a strictly increasing ``agent_sequence``
 and stays in an outbox until an Ack covers it; a new connection resends the
-outbox first. Logs are best effort. A replica is forgotten only once its
-final status is acknowledged; a bounded record of finished replicas answers
-duplicate launches afterwards.
+outbox first. Log chunks are numbered by byte offset and held in a
+bounded :class:`LogOutbox` until acked, then resent the same way. A
+replica is forgotten only once its final status is acknowledged; a bounded
+record of finished replicas answers duplicate launches afterwards.
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ from agents.accelerators.base import (
 )
 from agents.accelerators.cpu import host_memory_bytes
 from agents.checkpoint import Checkpointer
-from agents.launcher import Launcher, ReplicaPhase, ReplicaProcess, ReplicaSpec
+from agents.launcher import (
+    Launcher,
+    ReplicaBackend,
+    ReplicaPhase,
+    ReplicaProcess,
+    ReplicaSpec,
+)
+from agents.log_outbox import LogOutbox
 from controlplane.model.catalogue import Catalogue, default_catalogue
 from xinhe.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
@@ -75,7 +83,8 @@ class AgentConfig:
     backoff_max: float = 5.0
     rpc_timeout: float = 10.0
     finished_memory: int = 1024  # finished replicas remembered after ack
-    max_queued_logs: int = 1000  # log chunks beyond this backlog are dropped
+    max_queued_logs: int = 1000  # chunks beyond this backlog wait for the next reconnect
+    log_outbox_bytes: int = 16 << 20  # unacked output held; oldest dropped beyond
 
 
 def _now() -> Timestamp:
@@ -102,7 +111,7 @@ def spec_from_launch(launch: agent_pb2.LaunchReplica) -> ReplicaSpec:
         master_addr=launch.master_addr, master_port=launch.master_port,
         max_runtime=runtime or None, checkpoint_dir=launch.checkpoint_dir,
         family=launch.family, model=launch.model,
-        device_indices=tuple(launch.device_indices))
+        device_indices=tuple(launch.device_indices), epoch=launch.ref.epoch)
 
 
 class Backoff:
@@ -160,13 +169,17 @@ class Agent:
 
     def __init__(self, config: AgentConfig, adapters: Sequence[AcceleratorAdapter],
                  catalogue: Catalogue | None = None,
-                 channel: grpc.Channel | None = None) -> None:
+                 channel: grpc.Channel | None = None,
+                 backend: ReplicaBackend | None = None) -> None:
         self.config = config
         self.adapters = list(adapters)
         self.inventory = NodeInventory(self.adapters)
         self.catalogue = catalogue or default_catalogue()
-        self.launcher = Launcher(config.work_dir, self.catalogue, config.stop_grace)
+        # The replica backend: local processes unless given another (e.g. pods).
+        self.launcher: ReplicaBackend = backend or Launcher(
+            config.work_dir, self.catalogue, config.stop_grace)
         self.checkpointer = Checkpointer()
+        self.log_outbox = LogOutbox(config.log_outbox_bytes)
         self._channel = channel
         self._lock = threading.RLock()
         self._acked = threading.Condition(self._lock)
@@ -278,6 +291,8 @@ class Agent:
                 return
             for status in self._outbox.values():  # unacked: deliver again
                 link.queue.put(agent_pb2.AgentMessage(status=status))
+            for chunk in self.log_outbox.pending():
+                link.queue.put(agent_pb2.AgentMessage(logs=chunk))
             self._link = link
         call = stub.Connect(self._outbound(link), metadata=self._metadata())
         link.call = call
@@ -348,6 +363,7 @@ class Agent:
             self._stop(stop.ref, grace, stop.reason or "stopped by the control plane")
         elif kind == "ack":
             self._on_ack(message.ack.agent_sequence)
+            self.log_outbox.ack(list(message.ack.logs))
         elif kind == "checkpoint":
             self._on_checkpoint(message.checkpoint)
 
@@ -445,6 +461,7 @@ class Agent:
                 if held.final_sequence and held.final_sequence <= sequence:
                     del self._replicas[key]
                     self._remember(key, held.last)
+                    self.log_outbox.forget_replica(*key)
             self._acked.notify_all()
 
     # -- replica reports -----------------------------------------------------
@@ -462,8 +479,8 @@ class Agent:
 
     def _on_output(self, proc: ReplicaProcess, stream: str, data: bytes) -> None:
         spec = proc.spec
-        chunk = common_pb2.LogChunk(job_id=spec.job_id, attempt=spec.attempt, rank=spec.rank,
-                                    stream=_STREAMS[stream], data=data, time=_now())
+        chunk = self.log_outbox.add(spec.job_id, spec.attempt, spec.rank, _STREAMS[stream],
+                                    data, _now())
         with self._lock:
             link = self._link
         if link is not None and link.queue.qsize() < self.config.max_queued_logs:

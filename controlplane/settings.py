@@ -28,6 +28,11 @@ class ServerSettings:
     node_lost_timeout_s: float = 30.0
     # Scheduling rounds run on every change and at least this often (seconds).
     schedule_interval_s: float = 1.0
+    # While jobs wait, rounds start at most this often (seconds): the
+    # submissions of a burst arriving within this gap are handled by one
+    # round instead of one round each. A wake after a round that placed every
+    # job it found runs at once, so a lone submission is not delayed.
+    schedule_min_gap_s: float = 0.02
     # SIGTERM-to-SIGKILL grace when stopping replicas (seconds).
     stop_grace_s: float = 10.0
     # When set, every call must carry `authorization: Bearer <token>`.

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-lost-timeout", type=float, dest="node_lost_timeout_s",
                    help="seconds before a disconnected node's jobs are requeued")
     p.add_argument("--schedule-interval", type=float, dest="schedule_interval_s")
+    p.add_argument("--schedule-min-gap", type=float, dest="schedule_min_gap_s",
+                   help="seconds between rounds while jobs wait (coalesces bursts; 0.02)")
     p.add_argument("--stop-grace", type=float, dest="stop_grace_s")
     p.add_argument("--auth-token", help="require this bearer token on every call")
     p.add_argument("--catalogue", dest="catalogue_path", help="chip catalogue YAML")
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address, heartbeat_interval_s=args.heartbeat_interval_s,
         node_lost_timeout_s=args.node_lost_timeout_s,
         schedule_interval_s=args.schedule_interval_s, stop_grace_s=args.stop_grace_s,
+        schedule_min_gap_s=args.schedule_min_gap_s,
         auth_token=args.auth_token, catalogue_path=args.catalogue_path,
         metrics_port=args.metrics_port,
         submit_rate_per_tenant=args.submit_rate_per_tenant,

@@ -62,6 +62,14 @@ class InstrumentedStore(Store):
             self.metrics.job_submitted(stored)
         return stored, created
 
+    def create_jobs(self, jobs: Sequence[common_pb2.Job],
+                    now: float) -> list[tuple[common_pb2.Job, bool]]:
+        results = self._call("create_jobs", self.inner.create_jobs, jobs, now)
+        for stored, created in results:
+            if created:
+                self.metrics.job_submitted(stored)
+        return results
+
     def apply(self, transitions: Sequence[Transition], now: float) -> list[common_pb2.Job]:
         jobs = self._call("apply", self.inner.apply, transitions, now)
         self.metrics.jobs_changed(transitions, jobs, now)

@@ -14,7 +14,8 @@ from google.protobuf.duration_pb2 import Duration
 from controlplane.api.errors import FailedPrecondition, InvalidArgument
 from controlplane.services.context import Context
 from controlplane.services.fleet import AgentSession
-from controlplane.services.limits import LogBatcher, LogRateLimiter
+from controlplane.services.limits import LogBatcher
+from controlplane.services.log_acks import AckingRateLimiter, LogAcks
 from controlplane.services.reconcile import Reconciler
 from controlplane.services.translate import launch_messages
 from xinhe.v1 import agent_pb2
@@ -45,9 +46,12 @@ class AgentSessions:
     def __init__(self, ctx: Context, reconciler: Reconciler) -> None:
         self.ctx = ctx
         self.reconciler = reconciler
-        self.logs = LogBatcher(ctx.store.append_logs,
-                               LogRateLimiter(ctx.settings.log_rate_bytes_per_job),
-                               ctx.clock, on_flush=ctx.notifier.notify)
+        # Logs are acknowledged to agents once stored (log_acks.py).
+        self.log_acks = LogAcks(ctx.store.append_logs)
+        limiter = AckingRateLimiter(ctx.settings.log_rate_bytes_per_job,
+                                    self.log_acks.acknowledge)
+        self.logs = LogBatcher(self.log_acks.write, limiter, ctx.clock,
+                               on_flush=ctx.notifier.notify)
 
     def register(self, req: agent_pb2.RegisterRequest) -> agent_pb2.RegisterResponse:
         validate_register(req)
@@ -129,7 +133,9 @@ class AgentSessions:
         session.send(R.ControlMessage(ack=R.Ack(agent_sequence=status.agent_sequence)))
 
     def _on_logs(self, session: AgentSession, chunk: object, now: float) -> None:
-        # Buffered and rate-limited; written in batches (one fsync per batch).
+        # Buffered and rate-limited; written in batches (one fsync per batch),
+        # acknowledged to the session once written.
+        self.log_acks.received(session, chunk)  # type: ignore[arg-type]
         self.logs.add([chunk])  # type: ignore[list-item]
 
     def _resend_launches(self, session: AgentSession) -> None:

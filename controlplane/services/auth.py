@@ -119,6 +119,9 @@ def _check_token_request(kind: str, tenant: str, description: str) -> None:
         raise InvalidArgument("description", f"longer than {MAX_DESCRIPTION} characters")
 
 
+OPEN_RECHECK_S = 1.0
+
+
 class Authenticator:
     """Resolves a call's bearer token to an :class:`Identity` and checks the
     service is allowed to it; every refusal is audited."""
@@ -127,13 +130,27 @@ class Authenticator:
         self.store = store
         self.static_token = static_token
         self.audit = Auditor(store, clock)
+        self._clock = clock
         self._closed = bool(static_token)  # once closed, never open again
+        self._open_until = 0.0  # an "open" answer is trusted until then
 
     def required(self) -> bool:
-        """Whether calls need a token (a static one, or any in the store)."""
-        if not self._closed and self.store.tokens_exist():
+        """Whether calls need a token (a static one, or any in the store).
+
+        Tokens are created out of process (``xinhe admin tokens create``), so
+        an open server asks the store again, at most once per
+        OPEN_RECHECK_S: a first token closes the server within that delay.
+        """
+        if self._closed:
+            return True
+        now = self._clock()
+        if now < self._open_until:
+            return False
+        if self.store.tokens_exist():
             self._closed = True
-        return self._closed
+            return True
+        self._open_until = now + OPEN_RECHECK_S
+        return False
 
     def check(self, bearer: str | None, service: str, method: str) -> Identity:
         """The caller's identity; Unauthenticated for a missing, unknown or

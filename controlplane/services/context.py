@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from controlplane.model.catalogue import Catalogue
 from controlplane.services.allocations import Allocations
 from controlplane.services.fleet import Fleet
+from controlplane.services.pending import PendingQueue
 from controlplane.settings import ServerSettings
 from controlplane.store.base import Store
 
@@ -56,3 +57,6 @@ class Context:
     wake: threading.Event = field(default_factory=threading.Event)
     # Why each queued job waits, from the last scheduling round (ephemeral).
     wait_reasons: dict[str, str] = field(default_factory=dict)
+    # The QUEUED jobs kept in memory (set by the Controller, which also wraps
+    # ``store`` to feed it); None = rounds read the queue from the store.
+    pending: PendingQueue | None = None

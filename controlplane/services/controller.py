@@ -17,20 +17,28 @@ from controlplane.services.context import Context
 from controlplane.services.fleet import Fleet
 from controlplane.services.jobs import JobService
 from controlplane.services.migration import MigrationService
+from controlplane.services.pending import PendingQueue, PendingTrackingStore
 from controlplane.services.reconcile import Reconciler
 from controlplane.services.scheduling import RoundResult, run_round
 from controlplane.settings import ServerSettings
-from controlplane.store.base import Store
+from controlplane.store.base import Store, StoreError
 
 log = logging.getLogger(__name__)
+# Seconds between safety-net rebuilds of the in-memory queue from the store.
+RESYNC_S = 30.0
+# A woken round waits this many times the previous round's length (see
+# Controller._next_round_at).
+ROUND_SHARE_WAIT = 4.0
 
 
 class Controller:
     def __init__(self, store: Store, catalogue: Catalogue, settings: ServerSettings,
                  host: SchedulerHost, policy: Policy | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        queue = PendingQueue(catalogue)
+        store = PendingTrackingStore(store, queue)
         self.ctx = Context(store=store, fleet=Fleet(store, clock()), catalogue=catalogue,
-                           settings=settings, clock=clock)
+                           settings=settings, clock=clock, pending=queue)
         self.host = host
         self.policy = policy or Policy()
         self.reconciler = Reconciler(self.ctx)
@@ -43,6 +51,8 @@ class Controller:
         # Observer of every round (the metrics exporter); None = nobody.
         self.on_round: Callable[[RoundResult], None] | None = None
         self._restore_allocations()
+        queue.resync(store)
+        self._resynced_at = time.monotonic()
 
     def _restore_allocations(self) -> None:
         """Rebuild device holds from durable state after a (re)start."""
@@ -74,18 +84,50 @@ class Controller:
             self.on_round(result)
         return result
 
+    def _next_round_at(self, started: float, gap: float, busy: bool) -> float:
+        """Earliest start of the next woken round. After a round that left
+        jobs waiting (``busy``: more arrive than can be placed): ``gap``
+        after it started, so the wakes of a burst make one round. After a
+        round that placed all it found, the next wake runs at once (a lone
+        submission on an idle fleet is not delayed). And
+        when a round is slow (a long queue), ROUND_SHARE_WAIT times its
+        length after it ended, so rounds take at most a fifth of the time
+        (and of the GIL) from the API threads. Call after the round ran."""
+        ended = time.monotonic()
+        return max(started + gap if busy else 0.0,
+                   ended + ROUND_SHARE_WAIT * (ended - started))
+
+    def _maybe_resync(self, now: float) -> None:
+        """Rebuild the in-memory queue from the store now and then: a safety
+        net against a change that bypassed the tracking store."""
+        if now - self._resynced_at >= RESYNC_S:
+            self._resynced_at = now
+            self.ctx.pending.resync(self.ctx.store)
+
     def _loop(self) -> None:
         interval = self.ctx.settings.schedule_interval_s
+        gap = self.ctx.settings.schedule_min_gap_s
+        next_at = 0.0
         while not self._stop.is_set():
-            self.ctx.wake.wait(interval)
+            if self.ctx.wake.wait(interval):
+                # Coalesce: the wakes of a burst of submissions make one round.
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
             self.ctx.wake.clear()
             if self._stop.is_set():
                 return
+            started = time.monotonic()
+            busy = True
             try:
+                self._maybe_resync(started)
                 result = self.tick()
+                busy = result.pending > result.placed
                 if result.placed:
                     log.info("round: %d pending, %d placed in %.1f ms", result.pending,
                              result.placed, result.seconds * 1000)
+            except StoreError as exc:  # an outage, not a bug: no traceback per round
+                log.warning("scheduling round failed, store unavailable: %s; retrying", exc)
+                time.sleep(min(interval, 1.0))
             except Exception:
                 log.exception("scheduling round failed; retrying next interval")
                 time.sleep(min(interval, 1.0))
+            next_at = self._next_round_at(started, gap, busy)

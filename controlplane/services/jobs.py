@@ -18,6 +18,7 @@ from controlplane.services.context import Context
 from controlplane.services.limits import SubmissionLimiter
 from controlplane.services.reconcile import FINAL
 from controlplane.services.scheduling import model_speeds
+from controlplane.services.submit_batch import SubmitBatcher
 from controlplane.services.translate import node_views, pending_job
 from controlplane.store.base import Transition
 from xinhe.v1 import agent_pb2, common_pb2
@@ -58,6 +59,8 @@ class JobService:
         self._fit_cache: dict[tuple, str] = {}
         self._fit_inventory: tuple = ()
         self._fit_lock = threading.Lock()
+        # Concurrent submissions share one store transaction (group commit).
+        self._batcher = SubmitBatcher(ctx.store, ctx.clock)
 
     # -- submit -------------------------------------------------------------
     def submit(self, spec: common_pb2.JobSpec, client_key: str,
@@ -74,19 +77,24 @@ class JobService:
         self.limiter.admit(tenant)
         job = J.Job(id=new_job_id(), tenant=tenant, client_key=client_key, spec=spec,
                     state=J.JOB_STATE_QUEUED, attempt=1)
-        if client_key:
-            existing = self._existing(tenant, client_key)
-            if existing is not None:
-                return existing, False
-        self._check_can_ever_fit(job)
-        stored, created = self.ctx.store.create_job(job, self.ctx.clock())
+        try:
+            self._check_can_ever_fit(job)
+        except InvalidArgument:
+            # A retry of an accepted job still gets that job, even if the
+            # fleet changed since. (No store read on the common path: the
+            # store resolves the key atomically when it creates the job.)
+            existing = self._existing(tenant, client_key) if client_key else None
+            if existing is None:
+                raise
+            return existing, False
+        stored, created = self._batcher.create(job)
         if created:
             self.ctx.wake.set()
             self.ctx.notifier.notify()
         return stored, created
 
     def _existing(self, tenant: str, client_key: str) -> common_pb2.Job | None:
-        # A fast path only: create_job resolves the key atomically as well.
+        # Only for a retry refused by the fit check; see submit().
         return self.ctx.store.find_job_by_key(tenant, client_key)
 
     def _check_can_ever_fit(self, job: common_pb2.Job) -> None:

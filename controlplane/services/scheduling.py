@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from controlplane.model import states
 from controlplane.scheduler.host import SchedulerHost
-from controlplane.scheduler.types import ClusterSnapshot, Decisions, Policy
+from controlplane.scheduler.types import ClusterSnapshot, Decisions, PendingJob, Policy
 from controlplane.services.context import Context
 from controlplane.services.translate import (
     launch_messages,
@@ -51,15 +51,24 @@ def snapshot(ctx: Context) -> ClusterSnapshot:
     )
 
 
+def queued_jobs(ctx: Context) -> list[PendingJob]:
+    """The queue as the core takes it: from the in-memory queue when the
+    controller keeps one (no store read, no re-translation), else from the
+    store."""
+    if ctx.pending is not None:
+        return ctx.pending.pending()
+    queued = ctx.store.jobs_in_states([QUEUED])
+    return [pending_job(j, i, ctx.catalogue) for i, j in enumerate(queued)]
+
+
 def run_round(ctx: Context, host: SchedulerHost, policy: Policy) -> RoundResult:
     started = time.perf_counter()
     now = ctx.clock()
     with ctx.lock:
-        queued = ctx.store.jobs_in_states([QUEUED])
-        if not queued:
+        pending = queued_jobs(ctx)
+        if not pending:
             return RoundResult(0, 0, time.perf_counter() - started)
         snap = snapshot(ctx)
-        pending = [pending_job(j, i, ctx.catalogue) for i, j in enumerate(queued)]
     decisions = host.schedule(snap, pending, policy, now)
     placed = apply_decisions(ctx, decisions, now)
     return RoundResult(len(pending), len(placed), time.perf_counter() - started)
@@ -117,6 +126,8 @@ def _apply_each_or_all(ctx: Context, transitions: list[Transition],
     try:
         return ctx.store.apply(transitions, now)
     except ConflictError:
+        if ctx.pending is not None:  # the round may have seen a stale queue
+            ctx.pending.resync(ctx.store)
         applied = []
         for t in transitions:
             try:

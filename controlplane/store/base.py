@@ -104,6 +104,17 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def create_jobs(self, jobs: Sequence[common_pb2.Job],
+                    now: float) -> list[tuple[common_pb2.Job, bool]]:
+        """:meth:`create_job` for several jobs in ONE transaction (group
+        commit: one fsync for a burst of submissions), all or nothing.
+
+        Returns one (job, created) per input, in order. A client_key repeated
+        inside the batch is created once; the later entries get (that job,
+        False), exactly as if submitted one after the other.
+        """
+
+    @abstractmethod
     def get_job(self, job_id: str) -> common_pb2.Job | None: ...
 
     @abstractmethod
@@ -173,7 +184,11 @@ class Store(ABC):
     # -- logs ---------------------------------------------------------------
     @abstractmethod
     def append_logs(self, chunks: Sequence[common_pb2.LogChunk], now: float) -> None:
-        """Store log chunks; assigns each a per-store increasing sequence."""
+        """Store log chunks; assigns each a per-store increasing sequence.
+
+        A chunk with an ``offset`` is stored at most once per (job, attempt,
+        rank, stream, offset): a copy of one already stored is ignored, so
+        agents can resend unacknowledged chunks safely. One transaction."""
 
     @abstractmethod
     def logs(self, job_id: str, after_seq: int = 0, rank: int | None = None,

@@ -22,6 +22,7 @@ back the whole batch.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,8 +40,13 @@ from controlplane.store.base import (
 )
 from controlplane.store.postgres_schema import check_schema_name, migrate, use_schema
 from controlplane.store.postgres_tokens import TokensAndAudit
-from controlplane.store.sqlcommon import SqlStore, event_from_row, node_from_row
-from controlplane.store.transitions import seconds, timestamp
+from controlplane.store.sqlcommon import (
+    SqlStore,
+    event_from_row,
+    node_from_row,
+    prepared_job,
+)
+from controlplane.store.transitions import seconds
 from xinhe.v1 import common_pb2
 
 Cursor = psycopg.Cursor[Any]
@@ -73,7 +79,7 @@ class PostgresStore(TokensAndAudit, SqlStore):
         self._migrate(dsn, connect_timeout)
         pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=False,
                               kwargs={"autocommit": True}, configure=self._configure,
-                              check=ConnectionPool.check_connection, timeout=30.0,
+                              timeout=30.0,
                               name=f"xinhe-store-{self.schema or 'default'}")
         try:
             pool.open(wait=True, timeout=connect_timeout)
@@ -110,6 +116,14 @@ class PostgresStore(TokensAndAudit, SqlStore):
             with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 yield cur
         except (psycopg.Error, PoolTimeout) as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                # A dead server connection (restart, failover, terminated
+                # backend): its idle siblings are likely dead too. Test them all
+                # now rather than at checkout, where the pool backs off a second
+                # and more per dead connection and a call outlives its deadline
+                # instead of answering UNAVAILABLE at once.
+                with contextlib.suppress(Exception):
+                    pool.check()
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
     def __enter__(self) -> PostgresStore:
@@ -128,23 +142,26 @@ class PostgresStore(TokensAndAudit, SqlStore):
     def create_job(self, job: common_pb2.Job, now: float) -> tuple[common_pb2.Job, bool]:
         """See :meth:`Store.create_job`. ``job.id`` is required; the tenant
         defaults to the queue's tenant part; attempt 0 becomes 1."""
-        if not job.id:
-            raise ValueError("job.id is required")
-        stored = common_pb2.Job()
-        stored.CopyFrom(job)
-        stored.tenant = stored.tenant or stored.spec.queue.partition("/")[0]
-        stored.state = job_states.QUEUED
-        stored.attempt = stored.attempt or 1
-        stored.created_at.CopyFrom(timestamp(now))
+        return self.create_jobs([job], now)[0]
+
+    def create_jobs(self, jobs: Sequence[common_pb2.Job],
+                    now: float) -> list[tuple[common_pb2.Job, bool]]:
+        """See :meth:`Store.create_jobs`: one transaction; a key inserted
+        earlier in the batch conflicts with that row and finds it."""
+        prepared = [prepared_job(job, now) for job in jobs]
+        out = []
         with self._tx() as cur:
-            if not self._insert_job(cur, stored, now):
-                cur.execute("SELECT data FROM jobs WHERE tenant = %s AND client_key = %s",
-                            (stored.tenant, stored.client_key))
-                return common_pb2.Job.FromString(cur.fetchone()[0]), False
-            self._insert_event(cur, stored.id, now, common_pb2.JOB_STATE_UNSPECIFIED,
-                               job_states.QUEUED, "submitted", f"queued in {stored.spec.queue}",
-                               stored.attempt)
-        return stored, True
+            for stored in prepared:
+                if not self._insert_job(cur, stored, now):
+                    cur.execute("SELECT data FROM jobs WHERE tenant = %s AND client_key = %s",
+                                (stored.tenant, stored.client_key))
+                    out.append((common_pb2.Job.FromString(cur.fetchone()[0]), False))
+                    continue
+                self._insert_event(cur, stored.id, now, common_pb2.JOB_STATE_UNSPECIFIED,
+                                   job_states.QUEUED, "submitted",
+                                   f"queued in {stored.spec.queue}", stored.attempt)
+                out.append((stored, True))
+        return out
 
     @staticmethod
     def _insert_job(cur: Cursor, job: common_pb2.Job, now: float) -> bool:
@@ -193,11 +210,13 @@ class PostgresStore(TokensAndAudit, SqlStore):
         if not chunks:
             return
         rows = [(c.job_id, c.attempt, c.rank, c.stream, c.data,
-                 seconds(c.time) if c.HasField("time") else now) for c in chunks]
-        with self._tx() as cur:
+                 seconds(c.time) if c.HasField("time") else now,
+                 c.offset if c.HasField("offset") else None) for c in chunks]
+        with self._tx() as cur:  # a chunk whose offset is stored already is a resend
             _lock_jobs(cur, (c.job_id for c in chunks))
-            cur.executemany("INSERT INTO logs (job_id, attempt, rank, stream, data, time)"
-                            " VALUES (%s, %s, %s, %s, %s, %s)", rows)
+            cur.executemany("INSERT INTO logs (job_id, attempt, rank, stream, data, time,"
+                            " byte_offset) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                            " ON CONFLICT DO NOTHING", rows)
 
     # -- nodes ----------------------------------------------------------------
     def set_cordon(self, name: str, cordoned: bool, reason: str) -> common_pb2.Node:

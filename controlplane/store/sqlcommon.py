@@ -40,6 +40,21 @@ def node_from_row(row: tuple) -> common_pb2.Node:
     return node
 
 
+def prepared_job(job: common_pb2.Job, now: float) -> common_pb2.Job:
+    """The row to insert for a submission: a QUEUED copy of ``job`` created at
+    ``now``; the tenant defaults to the queue's tenant part, attempt 0 becomes
+    1. ValueError without ``job.id`` (before any transaction starts)."""
+    if not job.id:
+        raise ValueError("job.id is required")
+    stored = common_pb2.Job()
+    stored.CopyFrom(job)
+    stored.tenant = stored.tenant or stored.spec.queue.partition("/")[0]
+    stored.state = job_states.QUEUED
+    stored.attempt = stored.attempt or 1
+    stored.created_at.CopyFrom(timestamp(now))
+    return stored
+
+
 def marks(n: int) -> str:
     """``?, ?, ?`` for an IN list of ``n`` values."""
     return ", ".join("?" * n)
@@ -194,7 +209,7 @@ class SqlStore(Store):
     def logs(self, job_id: str, after_seq: int = 0, rank: int | None = None,
              limit: int = 1000) -> list[common_pb2.LogChunk]:
         """A job's log chunks with sequence > after_seq, oldest first."""
-        sql = ("SELECT seq, job_id, attempt, rank, stream, data, time FROM logs"
+        sql = ("SELECT seq, job_id, attempt, rank, stream, data, time, byte_offset FROM logs"
                " WHERE job_id = ? AND seq > ?")
         params: list = [job_id, after_seq]
         if rank is not None:
@@ -202,8 +217,9 @@ class SqlStore(Store):
             params.append(rank)
         rows = self._rows(sql + " ORDER BY seq LIMIT ?", (*params, limit))
         return [common_pb2.LogChunk(sequence=seq, job_id=job, attempt=attempt, rank=r,
-                                    stream=stream, data=bytes(data), time=timestamp(time))
-                for seq, job, attempt, r, stream, data, time in rows]
+                                    stream=stream, data=bytes(data), time=timestamp(time),
+                                    offset=offset)
+                for seq, job, attempt, r, stream, data, time, offset in rows]
 
     # -- nodes ----------------------------------------------------------------
     def upsert_node(self, node: common_pb2.Node) -> None:

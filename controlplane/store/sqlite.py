@@ -1,7 +1,9 @@
 """The embedded store: one SQLite file in WAL mode, ``synchronous=FULL``.
 
-One connection, guarded by a lock, serves every thread of the gRPC server;
-each public method is one transaction that is on disk before it returns
+One write connection, guarded by a lock, serves every writing thread of the
+gRPC server, and a second, read-only one (its own lock) every reading thread,
+so reads never queue behind a commit. Each public method is one transaction
+that is on disk before it returns
 (acknowledged = durable). Writers take the write lock up front
 (``BEGIN IMMEDIATE``) so a transaction never fails half-way on a lock upgrade.
 Errors from SQLite surface as :class:`StoreError`; a refused transition
@@ -27,9 +29,14 @@ from controlplane.store.base import (
     TokenRecord,
     Transition,
 )
-from controlplane.store.sqlcommon import SqlStore, event_from_row, node_from_row
+from controlplane.store.sqlcommon import (
+    SqlStore,
+    event_from_row,
+    node_from_row,
+    prepared_job,
+)
 from controlplane.store.sqlite_schema import configure, migrate
-from controlplane.store.transitions import seconds, timestamp
+from controlplane.store.transitions import seconds
 from xinhe.v1 import common_pb2
 
 _TOKEN_COLUMNS = "id, kind, tenant, description, created_at, revoked_at"
@@ -59,14 +66,33 @@ class SqliteStore(SqlStore):
             conn.close()
             raise
         self._conn: sqlite3.Connection | None = conn
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = self._open_reader()
+
+    def _open_reader(self) -> sqlite3.Connection:
+        """The second, read-only connection; see :meth:`_tx`."""
+        try:
+            reader = sqlite3.connect(self.path, timeout=10, isolation_level=None,
+                                     check_same_thread=False)
+            reader.execute("PRAGMA busy_timeout = 10000")
+            reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"cannot open {self.path} for reading: {exc}") from exc
+        return reader
 
     # -- transactions ---------------------------------------------------------
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction under the lock: commit on success, roll back on any
-        error; SQLite errors become StoreError."""
-        with self._lock:
-            conn = self._conn
+        """One transaction: commit on success, roll back on any error; SQLite
+        errors become StoreError. Writes run on the write connection under
+        its lock; reads on a second connection under their own lock, so a
+        read never waits for a write in progress. In WAL mode a read sees
+        every transaction committed before it began, so an acknowledged
+        (committed) write is always visible to later reads."""
+        lock = self._lock if write else self._read_lock
+        with lock:
+            conn = self._conn if write else self._reader
             if conn is None:
                 raise StoreError("the store is closed")
             try:
@@ -88,34 +114,38 @@ class SqliteStore(SqlStore):
 
     def close(self) -> None:
         """Close the database; later calls raise StoreError. Idempotent."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        with self._lock, self._read_lock:
+            for conn in (self._conn, getattr(self, "_reader", None)):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._reader = None
 
     # -- jobs -----------------------------------------------------------------
     def create_job(self, job: common_pb2.Job, now: float) -> tuple[common_pb2.Job, bool]:
         """See :meth:`Store.create_job`. ``job.id`` is required; the tenant
         defaults to the queue's tenant part; attempt 0 becomes 1."""
-        if not job.id:
-            raise ValueError("job.id is required")
-        stored = common_pb2.Job()
-        stored.CopyFrom(job)
-        stored.tenant = stored.tenant or stored.spec.queue.partition("/")[0]
-        stored.state = job_states.QUEUED
-        stored.attempt = stored.attempt or 1
-        stored.created_at.CopyFrom(timestamp(now))
+        return self.create_jobs([job], now)[0]
+
+    def create_jobs(self, jobs: Sequence[common_pb2.Job],
+                    now: float) -> list[tuple[common_pb2.Job, bool]]:
+        """See :meth:`Store.create_jobs`: one transaction; a key seen earlier
+        in the batch finds that job (the SELECT sees this transaction's rows)."""
+        prepared = [prepared_job(job, now) for job in jobs]
+        out = []
         with self._tx() as conn:
-            if stored.client_key:
-                row = conn.execute("SELECT data FROM jobs WHERE tenant = ? AND client_key = ?",
-                                   (stored.tenant, stored.client_key)).fetchone()
-                if row is not None:
-                    return common_pb2.Job.FromString(row[0]), False
-            self._insert_job(conn, stored, now)
-            self._insert_event(conn, stored.id, now, common_pb2.JOB_STATE_UNSPECIFIED,
-                               job_states.QUEUED, "submitted", f"queued in {stored.spec.queue}",
-                               stored.attempt)
-        return stored, True
+            for stored in prepared:
+                if stored.client_key:
+                    row = conn.execute("SELECT data FROM jobs WHERE tenant = ? AND client_key = ?",
+                                       (stored.tenant, stored.client_key)).fetchone()
+                    if row is not None:
+                        out.append((common_pb2.Job.FromString(row[0]), False))
+                        continue
+                self._insert_job(conn, stored, now)
+                self._insert_event(conn, stored.id, now, common_pb2.JOB_STATE_UNSPECIFIED,
+                                   job_states.QUEUED, "submitted",
+                                   f"queued in {stored.spec.queue}", stored.attempt)
+                out.append((stored, True))
+        return out
 
     @staticmethod
     def _insert_job(conn: sqlite3.Connection, job: common_pb2.Job, now: float) -> None:
@@ -154,10 +184,12 @@ class SqliteStore(SqlStore):
     def append_logs(self, chunks: Sequence[common_pb2.LogChunk], now: float) -> None:
         """See :meth:`Store.append_logs`; a chunk without a time gets ``now``."""
         rows = [(c.job_id, c.attempt, c.rank, c.stream, c.data,
-                 seconds(c.time) if c.HasField("time") else now) for c in chunks]
-        with self._tx() as conn:
-            conn.executemany("INSERT INTO logs (job_id, attempt, rank, stream, data, time)"
-                             " VALUES (?, ?, ?, ?, ?, ?)", rows)
+                 seconds(c.time) if c.HasField("time") else now,
+                 c.offset if c.HasField("offset") else None) for c in chunks]
+        with self._tx() as conn:  # a chunk whose offset is stored already is a resend
+            conn.executemany("INSERT INTO logs (job_id, attempt, rank, stream, data, time,"
+                             " byte_offset) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                             " ON CONFLICT DO NOTHING", rows)
 
     # -- nodes ----------------------------------------------------------------
     def set_cordon(self, name: str, cordoned: bool, reason: str) -> common_pb2.Node:

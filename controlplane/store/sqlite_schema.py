@@ -104,6 +104,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             detail  TEXT NOT NULL DEFAULT ''
         )""",
     ),
+    # 3: log chunks carry the agent's byte offset in their replica stream;
+    # one chunk per offset, so chunks an agent resends after a reconnect are
+    # stored once (at-least-once delivery, deduplicated). NULL: no position.
+    (
+        "ALTER TABLE logs ADD COLUMN byte_offset INTEGER",
+        "CREATE UNIQUE INDEX logs_offset ON logs (job_id, attempt, rank, stream, byte_offset)"
+        " WHERE byte_offset IS NOT NULL",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -225,3 +225,25 @@ def test_can_ever_fit_runs_the_core_once_per_shape_until_the_fleet_changes(
     assert jobs.submit(big, "")[1] is True
     assert len(calls) == 3
     store.close()
+
+
+def test_an_open_server_rechecks_for_a_first_token_at_most_once_a_second() -> None:
+    from controlplane.services.auth import OPEN_RECHECK_S, Authenticator
+
+    class Tokens:
+        exist, asked = False, 0
+
+        def tokens_exist(self) -> bool:
+            self.asked += 1
+            return self.exist
+
+    now = [100.0]
+    tokens = Tokens()
+    auth = Authenticator(tokens, "", lambda: now[0])  # type: ignore[arg-type]
+    assert not auth.required() and not auth.required()
+    assert tokens.asked == 1
+    tokens.exist = True
+    assert not auth.required()  # still within the recheck delay
+    now[0] += OPEN_RECHECK_S
+    assert auth.required() and auth.required()
+    assert tokens.asked == 2  # closed for good: never asked again

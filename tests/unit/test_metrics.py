@@ -185,3 +185,15 @@ def test_job_family_label_is_bounded() -> None:
     job = new_job("c")
     job.placement.family = "cambricon"
     assert job_family(job) == "cambricon"
+
+
+def test_a_batch_of_submissions_counts_each_created_job(store: InstrumentedStore) -> None:
+    reg = store.metrics.registry
+    first = new_job("j-1")
+    first.client_key = "k"
+    again = new_job("j-2")
+    again.client_key = "k"  # same key in the same batch: one job
+    results = store.create_jobs([first, again, new_job("j-3", tenant="acme")], now=1.0)
+    assert [created for _, created in results] == [True, False, True]
+    assert value(reg, "xinhe_jobs_submitted_total", tenant="lab-a") == 1
+    assert value(reg, "xinhe_jobs_submitted_total", tenant="acme") == 1

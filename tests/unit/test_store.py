@@ -49,6 +49,7 @@ from controlplane.store.base import (
 )
 from controlplane.store.postgres import PostgresStore
 from controlplane.store.postgres_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from controlplane.store.sqlcommon import prepared_job
 from controlplane.store.sqlite import SqliteStore
 from xinhe.v1 import agent_pb2, common_pb2
 
@@ -637,6 +638,37 @@ def test_sqlite_is_durable_by_configuration(tmp_path: Path) -> None:
         with sqlite3.connect(tmp_path / "x.db") as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
+        store.close()
+
+
+def test_sqlite_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None:
+    """Reads use their own connection: a read during a long write returns at
+    once with the last committed state (and never the uncommitted one)."""
+    store = SqliteStore(tmp_path / "x.db")
+    inside, finish = threading.Event(), threading.Event()
+
+    def long_write() -> None:
+        with store._tx() as conn:
+            store._insert_job(conn, prepared_job(job("j-2"), T0), T0)
+            inside.set()
+            assert finish.wait(30)
+
+    try:
+        submit(store, "j-1")
+        writer = threading.Thread(target=long_write)
+        writer.start()
+        assert inside.wait(30)
+        seen: list[object] = []
+        reader = threading.Thread(target=lambda: seen.extend(
+            [store.get_job("j-1"), store.get_job("j-2")]))
+        reader.start()
+        reader.join(10)  # with one shared lock it would wait for the writer
+        assert len(seen) == 2 and seen[0] is not None and seen[1] is None
+        finish.set()
+        writer.join(30)
+        assert store.get_job("j-2") is not None  # committed: visible at once
+    finally:
+        finish.set()
         store.close()
 
 

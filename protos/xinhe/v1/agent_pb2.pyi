@@ -204,7 +204,23 @@ class CheckpointReplica(_message.Message):
     def __init__(self, ref: _Optional[_Union[ReplicaRef, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("agent_sequence",)
+    __slots__ = ("agent_sequence", "logs")
     AGENT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
     agent_sequence: int
-    def __init__(self, agent_sequence: _Optional[int] = ...) -> None: ...
+    logs: _containers.RepeatedCompositeFieldContainer[LogAck]
+    def __init__(self, agent_sequence: _Optional[int] = ..., logs: _Optional[_Iterable[_Union[LogAck, _Mapping]]] = ...) -> None: ...
+
+class LogAck(_message.Message):
+    __slots__ = ("job_id", "attempt", "rank", "stream", "offsets")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    attempt: int
+    rank: int
+    stream: _common_pb2.LogStream
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., rank: _Optional[int] = ..., stream: _Optional[_Union[_common_pb2.LogStream, str]] = ..., offsets: _Optional[_Iterable[int]] = ...) -> None: ...

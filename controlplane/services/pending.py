@@ -1,0 +1,126 @@
+"""The pending queue kept in memory, so a scheduling round neither re-reads
+nor re-translates every QUEUED job from the store.
+
+The store stays the source of truth. :class:`PendingTrackingStore` wraps it
+and feeds every committed change into :class:`PendingQueue` *after* the
+commit (a created job, each job an ``apply`` returned), whichever service
+made it, so no call site can forget to. ``resync`` rebuilds the queue from
+the store; the controller calls it at start, after a ConflictError in a
+round (a sign the queue was stale) and now and then as a safety net.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from controlplane.model import states
+from controlplane.model.catalogue import Catalogue
+from controlplane.scheduler.types import PendingJob
+from controlplane.services.translate import pending_job
+from controlplane.store.base import Store, Transition
+from xinhe.v1 import common_pb2
+
+
+class PendingQueue:
+    """QUEUED jobs with their translated :class:`PendingJob`, and the
+    submission rank (``order``) of every non-terminal job, so a job that
+    returns to the queue (requeue, migration) keeps its place."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+        self._lock = threading.Lock()
+        self._queued: dict[str, PendingJob] = {}
+        self._order: dict[str, int] = {}
+        self._next = 0
+
+    def resync(self, store: Store) -> None:
+        """Rebuild from the store. The store is read under the queue's lock,
+        so an observation of a change committed meanwhile waits and lands
+        after the rebuild instead of being overwritten by it."""
+        with self._lock:
+            live = store.jobs_in_states(states.NON_TERMINAL)
+            self._queued.clear()
+            self._order = {job.id: i for i, job in enumerate(live)}
+            self._next = len(live)
+            for job in live:
+                self._observe(job)
+
+    def observe(self, jobs: Iterable[common_pb2.Job]) -> None:
+        """Record committed jobs: QUEUED ones are (re)translated and queued,
+        others leave the queue; terminal ones are forgotten."""
+        with self._lock:
+            for job in jobs:
+                self._observe(job)
+
+    def _observe(self, job: common_pb2.Job) -> None:
+        if states.is_terminal(job.state):
+            self._queued.pop(job.id, None)
+            self._order.pop(job.id, None)
+            return
+        order = self._order.get(job.id)
+        if order is None:
+            order = self._order[job.id] = self._next
+            self._next += 1
+        if job.state == states.QUEUED:
+            self._queued[job.id] = pending_job(job, order, self.catalogue)
+        else:
+            self._queued.pop(job.id, None)
+
+    def pending(self) -> list[PendingJob]:
+        """The queued jobs, as the scheduler core takes them (its ``order``
+        field ranks them by submission)."""
+        with self._lock:
+            return list(self._queued.values())
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._queued
+
+
+class PendingTrackingStore(Store):
+    """Forwards to ``inner``; reports committed job changes to ``queue``."""
+
+    def __init__(self, inner: Store, queue: PendingQueue) -> None:
+        self.inner = inner
+        self.queue = queue
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not yet set (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def create_job(self, job: common_pb2.Job, now: float) -> tuple[common_pb2.Job, bool]:
+        stored, created = self.inner.create_job(job, now)
+        if created:
+            self.queue.observe([stored])
+        return stored, created
+
+    def create_jobs(self, jobs: Sequence[common_pb2.Job],
+                    now: float) -> list[tuple[common_pb2.Job, bool]]:
+        results = self.inner.create_jobs(jobs, now)
+        self.queue.observe(stored for stored, created in results if created)
+        return results
+
+    def apply(self, transitions: Sequence[Transition], now: float) -> list[common_pb2.Job]:
+        jobs = self.inner.apply(transitions, now)
+        self.queue.observe(jobs)
+        return jobs
+
+
+def _forwarder(name: str) -> Callable[..., Any]:
+    def forward(self: PendingTrackingStore, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    forward.__name__ = name
+    forward.__doc__ = getattr(Store, name).__doc__
+    return forward
+
+
+for _name in sorted(Store.__abstractmethods__):
+    if _name not in vars(PendingTrackingStore):
+        setattr(PendingTrackingStore, _name, _forwarder(_name))
+PendingTrackingStore.__abstractmethods__ = frozenset()
