@@ -50,6 +50,7 @@ from agents.launcher import (
     ReplicaSpec,
 )
 from agents.log_outbox import LogOutbox
+from controlplane.client import leader_hint, parse_targets
 from controlplane.model.catalogue import Catalogue, default_catalogue
 from xinhe.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
@@ -159,6 +160,17 @@ class _Link:
             self.call.cancel()
 
 
+def _next_server(err: grpc.RpcError, current: str, targets: list[str]) -> tuple[str, bool]:
+    """Where to go after ``err`` from ``current``: (address, followed a
+    leader hint). A hint naming another address wins; otherwise the next
+    address of ``targets`` (the same one when it is the only one)."""
+    hint = leader_hint(err) if err.code() == grpc.StatusCode.UNAVAILABLE else ""
+    if hint and hint != current:
+        return hint, True
+    index = targets.index(current) if current in targets else -1
+    return targets[(index + 1) % len(targets)], False
+
+
 class Agent:
     """Registers the node, runs what it is told, and reports, reconnecting forever.
 
@@ -202,25 +214,41 @@ class Agent:
         self._thread.start()
 
     def run(self) -> None:
-        """Register and stay connected until :meth:`shutdown`."""
-        channel = self._channel or grpc.insecure_channel(self.config.server,
-                                                         options=self._channel_options())
-        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        """Register and stay connected until :meth:`shutdown`. ``server`` may
+        list several addresses (the replicas of an HA control plane): a
+        failed or refused attempt moves to the leader the refusal names
+        (``x-xinhe-leader``), else to the next address; a move to a named
+        leader is tried at once, anything else after the backoff."""
+        targets = parse_targets(self.config.server)
+        channels: dict[str, grpc.Channel] = {}
+        current = targets[0]
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
         try:
             while not self._stopping.is_set():
+                stub = agent_pb2_grpc.AgentServiceStub(self._channel_to(current, channels))
+                hinted = False
                 try:
                     response = self._register(stub)
                     backoff.reset()
                     self._stream(stub, response)
                 except grpc.RpcError as err:
                     if not self._stopping.is_set():
-                        log.warning("control plane %s: %s %s", self.config.server,
+                        log.warning("control plane %s: %s %s", current,
                                     err.code(), err.details())
-                self._stopping.wait(backoff.next())
+                    current, hinted = _next_server(err, current, targets)
+                if not hinted:
+                    self._stopping.wait(backoff.next())
         finally:
-            if self._channel is None:
+            for channel in channels.values():
                 channel.close()
+
+    def _channel_to(self, address: str, channels: dict[str, grpc.Channel]) -> grpc.Channel:
+        """The injected channel (tests), else one cached channel per address."""
+        if self._channel is not None:
+            return self._channel
+        if address not in channels:
+            channels[address] = grpc.insecure_channel(address, options=self._channel_options())
+        return channels[address]
 
     def _channel_options(self) -> list[tuple[str, int]]:
         # grpc's own reconnect backoff grows to 120 s; keep it within ours so

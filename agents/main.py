@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``xinhe agent``."""
     parser.add_argument("--server", default=os.environ.get("XINHE_SERVER", "127.0.0.1:50051"),
-                        help="control plane host:port (env XINHE_SERVER)")
+                        help="control plane host:port, or a comma-separated list of the "
+                             "replicas of an HA control plane (env XINHE_SERVER)")
     parser.add_argument("--token", default=os.environ.get("XINHE_TOKEN"),
                         help="bearer token for the control plane (env XINHE_TOKEN)")
     parser.add_argument("--node", default=socket.gethostname(),

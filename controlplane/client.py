@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from controlplane.services.leader import LEADER_METADATA
 from xinhe.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -34,18 +35,65 @@ def default_token() -> str | None:
     return os.environ.get("XINHE_TOKEN") or None
 
 
+def parse_targets(target: str) -> list[str]:
+    """The addresses of a comma-separated list, in order, without blanks or
+    repeats; ValueError when none is left."""
+    out: list[str] = []
+    for part in target.split(","):
+        part = part.strip()
+        if part and part not in out:
+            out.append(part)
+    if not out:
+        raise ValueError(f"no server address in {target!r}")
+    return out
+
+
+def leader_hint(err: grpc.RpcError) -> str:
+    """The leader's address a follower named in its refusal, or ""."""
+    trailing = getattr(err, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == LEADER_METADATA:
+            return value
+    return ""
+
+
+def _method_name(client: XinheClient, method: object) -> tuple[str, str]:
+    """(RPC name, "jobs" or "admin") of a stub attribute of ``client``."""
+    for service in ("jobs", "admin"):
+        for name, value in vars(getattr(client, service)).items():
+            if value is method:
+                return name, service
+    raise ValueError("not a method of this client's stubs")
+
+
 class XinheClient:
+    """``target`` is one address or a comma-separated list (the replicas of
+    a highly available control plane). Calls go to the current address; a
+    call answered UNAVAILABLE moves to the leader the answer names
+    (``x-xinhe-leader``) or else to the next address, and is retried there
+    when it is safe to: reads, cancel, and SubmitJob with a client_key."""
+
     def __init__(self, target: str | None = None, token: str | None = None,
                  timeout: float = 30.0) -> None:
         self.target = target or default_server()
+        self.targets = parse_targets(self.target)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
-        self._channel = grpc.insecure_channel(self.target)
+        self._channels: dict[str, grpc.Channel] = {}
+        self._use(self.targets[0])
+
+    def _use(self, address: str) -> None:
+        """Make ``address`` the current one (its channel kept for reuse)."""
+        if address not in self._channels:
+            self._channels[address] = grpc.insecure_channel(address)
+        self.current = address
+        self._channel = self._channels[address]
         self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels.values():
+            channel.close()
 
     def __enter__(self) -> XinheClient:
         return self
@@ -53,8 +101,51 @@ class XinheClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _call(self, method, request):
-        return method(request, metadata=self._metadata, timeout=self._timeout)
+    def _call(self, method, request, *, retry: bool = True):
+        """Call ``method`` (an attribute of ``self.jobs`` or ``self.admin``);
+        on UNAVAILABLE move to the leader or the next replica and, when
+        ``retry``, try again there (once per replica, plus one hint hop)."""
+        name, service = _method_name(self, method)
+        for attempt in range(len(self.targets) + 1):
+            try:
+                return getattr(getattr(self, service), name)(
+                    request, metadata=self._metadata, timeout=self._timeout)
+            except grpc.RpcError as err:
+                moved = err.code() == grpc.StatusCode.UNAVAILABLE and self._follow(err)
+                if not (moved and retry and attempt < len(self.targets)):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _follow(self, err: grpc.RpcError) -> bool:
+        """Switch address after an UNAVAILABLE answer; False when there is
+        nowhere else to go (one address and no leader hint)."""
+        hint = leader_hint(err)
+        if hint and hint != self.current:
+            self._use(hint)
+            return True
+        if len(self.targets) > 1:
+            index = self.targets.index(self.current) if self.current in self.targets else -1
+            self._use(self.targets[(index + 1) % len(self.targets)])
+            return True
+        return False
+
+    def _stream(self, name: str, request) -> Iterator:
+        """A server stream of JobService ``name``, moved to the leader when the
+        call is refused before its first message (later errors propagate)."""
+        for attempt in range(len(self.targets) + 1):
+            call = getattr(self.jobs, name)(request, metadata=self._metadata)
+            try:
+                first = next(call)
+            except StopIteration:
+                return
+            except grpc.RpcError as err:
+                last = attempt == len(self.targets)
+                if err.code() != grpc.StatusCode.UNAVAILABLE or last or not self._follow(err):
+                    raise
+                continue
+            yield first
+            yield from call
+            return
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until the server accepts connections (or raise)."""
@@ -66,8 +157,10 @@ class XinheClient:
 
     def submit_full(self, spec: common_pb2.JobSpec,
                     client_key: str = "") -> jobs_pb2.SubmitJobResponse:
+        # Without a client_key a retry could submit the job twice.
         return self._call(self.jobs.SubmitJob,
-                          jobs_pb2.SubmitJobRequest(spec=spec, client_key=client_key))
+                          jobs_pb2.SubmitJobRequest(spec=spec, client_key=client_key),
+                          retry=bool(client_key))
 
     def get(self, job_id: str) -> common_pb2.Job:
         return self._call(self.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
@@ -95,19 +188,18 @@ class XinheClient:
         wait for each replica's checkpoint."""
         request = jobs_pb2.MigrateJobRequest(job_id=job_id, target=target, reason=reason)
         request.checkpoint_timeout.FromNanoseconds(int(checkpoint_timeout * 1e9))
-        return self._call(self.jobs.MigrateJob, request)
+        return self._call(self.jobs.MigrateJob, request, retry=False)
 
     def watch(self, job_id: str, after: int = 0,
               follow: bool = False) -> Iterator[common_pb2.JobEvent]:
-        return self.jobs.WatchJob(
-            jobs_pb2.WatchJobRequest(job_id=job_id, after_sequence=after, follow=follow),
-            metadata=self._metadata)
+        return self._stream("WatchJob", jobs_pb2.WatchJobRequest(
+            job_id=job_id, after_sequence=after, follow=follow))
 
     def logs(self, job_id: str, follow: bool = False, after: int = 0,
              rank: int | None = None) -> Iterator[common_pb2.LogChunk]:
         request = jobs_pb2.StreamLogsRequest(job_id=job_id, after_sequence=after, follow=follow,
                                              filter_rank=rank is not None, rank=rank or 0)
-        return self.jobs.StreamLogs(request, metadata=self._metadata)
+        return self._stream("StreamLogs", request)
 
     # -- admin --------------------------------------------------------------
     def nodes(self, pool: str = "") -> list[common_pb2.Node]:

@@ -14,11 +14,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane.api.errors import MalformedRequests
+from controlplane.api.leader_gate import LeaderGate
 from controlplane.api.servicers import AdminServicer, AgentServicer, JobServicer
 from controlplane.model.catalogue import load_catalogue
 from controlplane.observability.exporter import MetricsExporter
 from controlplane.scheduler.host import InlineHost, RayHost, SchedulerHost
+from controlplane.scheduler.types import Policy
 from controlplane.services.controller import Controller
+from controlplane.services.leader import AlwaysLeader, make_elector
+from controlplane.services.policy import load_policy
 from controlplane.settings import ServerSettings
 from controlplane.store import open_store
 from xinhe.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
@@ -59,20 +63,30 @@ class ControlPlane:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        # First: a bad policy file stops the start before anything is opened.
+        policy = load_policy(settings.policy_path) if settings.policy_path else Policy()
         self.metrics = MetricsExporter()
         self.store = self.metrics.wrap_store(open_store(settings))
         self.host = make_host(settings)
         catalogue = load_catalogue(settings.catalogue_path or None)
-        self.controller = Controller(self.store, catalogue, settings, self.host)
+        self.controller = Controller(self.store, catalogue, settings, self.host,
+                                     policy=policy)
         self.controller.on_round = self.metrics.round_finished
         self.metrics.watch(self.controller.ctx)
         self.health = health.HealthServicer()
+        # Only the leader serves the Xinhe services (services/leader.py);
+        # its address is known once the port is bound (set below).
+        self.elector = make_elector(settings.leader_election, settings.store_dsn, "",
+                                    settings.leader_poll_s)
+        self._serving = threading.Event()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers),
                                   options=(*SERVER_OPTIONS, (
                                       "grpc.max_receive_message_length",
                                       settings.max_message_bytes)),
                                   interceptors=[self.metrics.interceptor(),
-                                                MalformedRequests()])
+                                                MalformedRequests(),
+                                                LeaderGate(SERVICE_NAMES, self._serving.is_set,
+                                                           self.elector.leader_address)])
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.controller), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.controller), self.server)
@@ -84,6 +98,7 @@ class ControlPlane:
         self.port = self.server.add_insecure_port(settings.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.listen}")
+        self.elector.address = settings.advertise_address or self.address
 
     @property
     def address(self) -> str:
@@ -91,17 +106,37 @@ class ControlPlane:
         return f"{host}:{self.port}"
 
     def start(self) -> None:
-        self.controller.start()
+        """Serve health at once; serve the Xinhe services once elected."""
         self.server.start()
-        for name in ("", *SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.metrics.set_ready(True)
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._set_service_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.elector.start(self._on_elected, self._on_deposed)
         if self.settings.metrics_port:
             self.metrics.serve(self.address.rsplit(":", 1)[0], self.settings.metrics_port)
+
+    def _set_service_health(self, status: int) -> None:
+        for name in SERVICE_NAMES:
+            self.health.set(name, status)
+
+    def _on_elected(self) -> None:
+        """Leading: rebuild state from the store (unless this only replica's
+        controller has just been built from it), run the loop, serve."""
+        self.controller.start(rebuild=not isinstance(self.elector, AlwaysLeader))
+        self._serving.set()
+        self._set_service_health(health_pb2.HealthCheckResponse.SERVING)
+        self.metrics.set_ready(True)
+
+    def _on_deposed(self) -> None:
+        """No longer leading: refuse calls, stop the loop, close agent streams."""
+        self._serving.clear()
+        self._set_service_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.metrics.set_ready(False)
+        self.controller.stop()
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.metrics.set_ready(False)
+        self.elector.stop()
         self.controller.stop()
         self.server.stop(grace).wait()
         self.controller.agents.logs.close()  # write buffered agent output

@@ -19,7 +19,8 @@ err_console = Console(stderr=True)
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=default_server(),
-                        help="control plane address (env XINHE_SERVER; default %(default)s)")
+                        help="control plane address, or a comma-separated list of HA replicas "
+                             "(env XINHE_SERVER; default %(default)s)")
     parser.add_argument("--token", default=default_token(),
                         help="bearer token (env XINHE_TOKEN)")
 

@@ -13,11 +13,13 @@ from controlplane.model.catalogue import Catalogue
 from controlplane.scheduler.host import SchedulerHost
 from controlplane.scheduler.types import Policy
 from controlplane.services.agents import AgentSessions
+from controlplane.services.allocations import Allocations
 from controlplane.services.context import Context
 from controlplane.services.fleet import Fleet
 from controlplane.services.jobs import JobService
 from controlplane.services.migration import MigrationService
 from controlplane.services.pending import PendingQueue, PendingTrackingStore
+from controlplane.services.preemption import PreemptionService
 from controlplane.services.reconcile import Reconciler
 from controlplane.services.scheduling import RoundResult, run_round
 from controlplane.settings import ServerSettings
@@ -44,9 +46,11 @@ class Controller:
         self.reconciler = Reconciler(self.ctx)
         self.jobs = JobService(self.ctx)
         self.migrations = MigrationService(self.ctx, self.jobs)
+        self.preemptions = PreemptionService(self.ctx, self.reconciler, self.migrations)
         self.agents = AgentSessions(self.ctx, self.reconciler)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._started = False
         self.last_round: RoundResult | None = None
         # Observer of every round (the metrics exporter); None = nobody.
         self.on_round: Callable[[RoundResult], None] | None = None
@@ -56,15 +60,38 @@ class Controller:
 
     def _restore_allocations(self) -> None:
         """Rebuild device holds from durable state after a (re)start."""
-        # A MIGRATING job's replicas may still be stopping: keep their devices.
-        for job in self.ctx.store.jobs_in_states(states.ACTIVE | {states.MIGRATING}):
+        # A MIGRATING or PREEMPTED job's replicas may still be stopping: keep
+        # their devices.
+        for job in self.ctx.store.jobs_in_states(
+                states.ACTIVE | {states.MIGRATING, states.PREEMPTED}):
             self.ctx.allocations.hold(job.id, job.attempt, job.placement)
 
-    def start(self) -> None:
+    def start(self, rebuild: bool = False) -> None:
+        """Run the loop. With ``rebuild``, or when it ran before (a replica
+        elected again after losing leadership), first reload the in-memory
+        state from the store: another leader may have changed it."""
+        if rebuild or self._started:
+            self.rebuild()
+        self._started = True
+        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="controller", daemon=True)
         self._thread.start()
 
+    def rebuild(self) -> None:
+        """Forget in-memory state and reload it from the store: device holds,
+        the pending queue, the fleet (every node disconnected until its agent
+        registers here)."""
+        with self.ctx.lock:
+            self.ctx.fleet.close_all()
+            self.ctx.fleet = Fleet(self.ctx.store, self.ctx.clock())
+            self.ctx.allocations = Allocations()
+            self._restore_allocations()
+            self.ctx.pending.resync(self.ctx.store)
+            self._resynced_at = time.monotonic()
+
     def stop(self) -> None:
+        """Stop the loop and close every agent stream (shutdown, or this
+        replica lost leadership); ``start`` may be called again."""
         self._stop.set()
         self.ctx.wake.set()
         if self._thread is not None:
@@ -78,7 +105,8 @@ class Controller:
             jobs = self.reconciler.on_node_lost(node)
             log.warning("node %s lost: %d job(s) requeued or failed", node, len(jobs))
         self.migrations.resend_pending(now)
-        result = run_round(self.ctx, self.host, self.policy)
+        self.preemptions.resend_pending(now)
+        result = run_round(self.ctx, self.host, self.policy, preempt=self.preemptions.apply)
         self.last_round = result
         if self.on_round is not None:
             self.on_round(result)

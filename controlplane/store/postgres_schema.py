@@ -118,6 +118,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX logs_offset ON logs (job_id, attempt, rank, stream, byte_offset)"
         " WHERE byte_offset IS NOT NULL",
     ),
+    # 4: the elected leader's advertised address (one row), so followers
+    # can point clients and agents to it (services/leader.py).
+    (
+        """CREATE TABLE leader (
+            id      INTEGER PRIMARY KEY CHECK (id = 1),
+            address TEXT NOT NULL,
+            since   DOUBLE PRECISION NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,224 @@
+"""Leader election: of several control-plane replicas on one store, exactly
+one leads (schedules, holds agent sessions); the others follow.
+
+An :class:`Elector` decides; the server reacts through two callbacks,
+``on_elected`` (rebuild state from the store, then serve) and
+``on_deposed`` (stop at once). Electors:
+
+* :class:`AlwaysLeader` — SQLite (one replica by construction) or election
+  turned off: leads from ``start()`` to ``stop()``.
+* :class:`PostgresElector` — a PostgreSQL *session* advisory lock held on a
+  dedicated connection. PostgreSQL releases it the moment that backend ends
+  (the leader crashed, was killed, or lost its connection), so a follower
+  polling ``pg_try_advisory_lock`` every ``poll_s`` takes over within about
+  one poll. The leader checks its connection every poll too and deposes
+  itself on the first error, before a follower can have been elected for
+  longer than the TCP timeouts below. The scheduling epoch in the store
+  (compare-and-set on every placement) fences the remaining window.
+
+A Kubernetes Lease elector (``coordination.k8s.io``) would implement the same
+interface: ``start`` runs acquire/renew on a thread and calls the callbacks,
+``leader_address`` reads the holder from the Lease. It is not implemented
+yet: ``make_elector`` refuses ``kubernetes`` with a clear error.
+
+The leader publishes the address clients and agents should use in the
+``leader`` table (one row), so a follower can point callers to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from controlplane.store import is_postgres_dsn
+
+if TYPE_CHECKING:  # psycopg is imported where used: clients import this module
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+# Trailing metadata key on a follower's UNAVAILABLE answer: the leader's address.
+LEADER_METADATA = "x-xinhe-leader"
+ELECTION_MODES = ("auto", "postgres", "none", "kubernetes")
+# libpq settings of the election connection: a leader cut off from the
+# database notices within a few seconds even without a FIN; operators see
+# the connection by name in pg_stat_activity.
+_CONNECTION = {"application_name": "xinhe-leader-election", "keepalives": 1,
+               "keepalives_idle": 2, "keepalives_interval": 1, "keepalives_count": 2,
+               "tcp_user_timeout": 4000}
+
+Callback = Callable[[], None]
+
+
+class Elector(Protocol):
+    """Decides whether this replica leads. ``start`` must return promptly;
+    the callbacks are called from the elector's own thread (or from
+    ``start`` for :class:`AlwaysLeader`), never concurrently. ``address``
+    is what this replica advertises while it leads."""
+
+    address: str
+
+    def start(self, on_elected: Callback, on_deposed: Callback) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def is_leader(self) -> bool: ...
+
+    def leader_address(self) -> str:
+        """The current leader's advertised address; "" when unknown."""
+        ...
+
+
+class AlwaysLeader:
+    """The only replica: leads while started."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._leading = False
+
+    def start(self, on_elected: Callback, on_deposed: Callback) -> None:
+        self._leading = True
+        self._on_deposed = on_deposed
+        on_elected()
+
+    def stop(self) -> None:
+        if self._leading:
+            self._leading = False
+            self._on_deposed()
+
+    def is_leader(self) -> bool:
+        return self._leading
+
+    def leader_address(self) -> str:
+        return self.address if self._leading else ""
+
+
+class PostgresElector:
+    """Leads while holding a session advisory lock keyed by the database and
+    schema (so separate installs on one server do not collide)."""
+
+    def __init__(self, dsn: str, address: str, *, schema: str | None = None,
+                 poll_s: float = 1.0, connect_timeout: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        if poll_s <= 0:
+            raise ValueError(f"poll_s must be positive, got {poll_s}")
+        self.dsn = dsn
+        self.address = address
+        self.schema = schema
+        self.poll_s = poll_s
+        self.connect_timeout = connect_timeout
+        self.clock = clock
+        self._conn: psycopg.Connection | None = None
+        self._key: int | None = None
+        self._leading = False
+        self._leader = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_elected: Callback = lambda: None
+        self._on_deposed: Callback = lambda: None
+
+    def start(self, on_elected: Callback, on_deposed: Callback) -> None:
+        self._on_elected, self._on_deposed = on_elected, on_deposed
+        self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop campaigning; a leader steps down and releases the lock now,
+        so a follower takes over without waiting for a timeout."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._leading:
+            self._depose("stopping")
+        self._disconnect()
+
+    def is_leader(self) -> bool:
+        return self._leading
+
+    def leader_address(self) -> str:
+        return self.address if self._leading else self._leader
+
+    # -- the loop ----------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self.poll_s)
+
+    def poll(self) -> None:
+        """One election step: check the lock (or the connection holding it),
+        campaign when following, learn the leader's address."""
+        import psycopg
+
+        try:
+            conn = self._connect()
+            if self._leading:
+                conn.execute("SELECT 1")  # the lock lives as long as this backend
+                return
+            if conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]:
+                self._publish(conn)
+                self._leading = True
+                log.info("elected leader (advertising %s)", self.address)
+                self._on_elected()
+            else:
+                row = conn.execute("SELECT address FROM leader WHERE id = 1").fetchone()
+                self._leader = row[0] if row else ""
+        except psycopg.Error as exc:
+            log.warning("leader election: database error: %s", exc)
+            if self._leading:
+                self._depose("lost the election connection")
+            self._disconnect()
+
+    def _connect(self) -> psycopg.Connection:
+        import psycopg
+
+        from controlplane.store.postgres_schema import use_schema
+
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(self.dsn, autocommit=True, **_CONNECTION,
+                                   connect_timeout=max(1, round(self.connect_timeout)))
+            if self.schema:
+                use_schema(conn, self.schema)
+            # Keyed by where the tables live, not by the DSN's spelling.
+            self._key = conn.execute(
+                "SELECT hashtextextended('xinhe.leader.' || current_database() || '.'"
+                " || coalesce(current_schema(), ''), 0)").fetchone()[0]
+            self._conn = conn
+        return self._conn
+
+    def _publish(self, conn: psycopg.Connection) -> None:
+        conn.execute("INSERT INTO leader (id, address, since) VALUES (1, %s, %s)"
+                     " ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address,"
+                     " since = EXCLUDED.since", (self.address, self.clock()))
+
+    def _depose(self, why: str) -> None:
+        self._leading = False
+        self._leader = ""  # unknown until the next poll reads the table
+        log.warning("no longer leader: %s", why)
+        self._on_deposed()
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()  # ends the backend: releases the lock if held
+
+
+def make_elector(mode: str, store_dsn: str, address: str, poll_s: float = 1.0) -> Elector:
+    """The elector for ``mode``: "auto" elects on a PostgreSQL store and
+    always leads on SQLite; "postgres" requires a PostgreSQL store; "none"
+    always leads (one replica only!); "kubernetes" is not implemented yet."""
+    if mode not in ELECTION_MODES:
+        raise ValueError(f"unknown leader election {mode!r} (one of {', '.join(ELECTION_MODES)})")
+    if mode == "kubernetes":
+        raise ValueError("leader election on a Kubernetes Lease is not implemented yet; "
+                         "use 'postgres' (or 'auto') with a PostgreSQL store")
+    postgres = bool(store_dsn) and is_postgres_dsn(store_dsn)
+    if mode == "postgres" and not postgres:
+        raise ValueError("leader election 'postgres' needs a postgresql:// store DSN")
+    if mode == "none" or not postgres:
+        return AlwaysLeader(address)
+    return PostgresElector(store_dsn, address, poll_s=poll_s)
