@@ -41,6 +41,9 @@ class ServerSettings:
     max_workers: int = 64
     # Optional chip catalogue file replacing the packaged one.
     catalogue_path: str = ""
+    # Optional scheduling policy YAML (quotas, fair share, preemption; see
+    # controlplane/services/policy.py); empty = the core's defaults.
+    policy_path: str = ""
     # Port of the Prometheus /metrics endpoint, on the host of `listen`;
     # 0 = off (several control planes on one host must not collide).
     metrics_port: int = 0
@@ -55,6 +58,15 @@ class ServerSettings:
     # Log output stored per job per second (bytes); the excess is dropped and
     # replaced by one marker chunk per second; 0 = unlimited.
     log_rate_bytes_per_job: int = 1024 * 1024
+    # Address callers are told to use for this replica while it leads (the
+    # x-xinhe-leader hint of followers); empty = the address it listens on.
+    advertise_address: str = ""
+    # Leader election among replicas on one store: "auto" (a PostgreSQL
+    # advisory lock on a PostgreSQL store; SQLite always leads), "postgres",
+    # "none" (a single replica only) or "kubernetes" (a Lease; not yet).
+    leader_election: str = "auto"
+    # Seconds between election polls; a failover takes about one poll.
+    leader_poll_s: float = 1.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServerSettings:

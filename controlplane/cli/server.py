@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from controlplane.services.policy import PolicyError
 from controlplane.settings import ServerSettings
 
 
@@ -28,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-grace", type=float, dest="stop_grace_s")
     p.add_argument("--auth-token", help="require this bearer token on every call")
     p.add_argument("--catalogue", dest="catalogue_path", help="chip catalogue YAML")
+    p.add_argument("--policy", dest="policy_path",
+                   help="scheduling policy YAML: quotas, fair share, preemption")
     p.add_argument("--metrics-port", type=int, dest="metrics_port",
                    help="serve Prometheus /metrics on this port (default 0 = off)")
     p.add_argument("--submit-rate", type=float, dest="submit_rate_per_tenant",
@@ -39,6 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="largest request accepted (default 4 MiB)")
     p.add_argument("--log-rate", type=int, dest="log_rate_bytes_per_job",
                    help="log bytes/s stored per job, excess dropped (default 1 MiB; 0 = off)")
+    p.add_argument("--advertise-address", dest="advertise_address",
+                   help="host:port callers are sent to while this replica leads "
+                        "(default: the listen address)")
+    p.add_argument("--leader-election", dest="leader_election",
+                   choices=("auto", "postgres", "none", "kubernetes"),
+                   help="auto (default): elect on a PostgreSQL store, lead alone on SQLite")
+    p.add_argument("--leader-poll", type=float, dest="leader_poll_s",
+                   help="seconds between leader-election polls (default 1; ~failover time)")
     p.set_defaults(func=run)
 
 
@@ -53,9 +65,16 @@ def run(args: argparse.Namespace) -> int:
         schedule_interval_s=args.schedule_interval_s, stop_grace_s=args.stop_grace_s,
         schedule_min_gap_s=args.schedule_min_gap_s,
         auth_token=args.auth_token, catalogue_path=args.catalogue_path,
+        policy_path=args.policy_path,
         metrics_port=args.metrics_port,
         submit_rate_per_tenant=args.submit_rate_per_tenant,
         submit_burst_per_tenant=args.submit_burst_per_tenant,
         max_message_bytes=args.max_message_bytes,
-        log_rate_bytes_per_job=args.log_rate_bytes_per_job)
-    return serve(settings)
+        log_rate_bytes_per_job=args.log_rate_bytes_per_job,
+        advertise_address=args.advertise_address, leader_election=args.leader_election,
+        leader_poll_s=args.leader_poll_s)
+    try:
+        return serve(settings)
+    except PolicyError as err:  # a bad policy file: say which key, no traceback
+        print(f"xinhe server: {err}", file=sys.stderr)
+        return 2

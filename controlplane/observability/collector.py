@@ -9,7 +9,7 @@ gauge can never drift from the truth after a missed event or a restart.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -17,13 +17,16 @@ from prometheus_client.registry import Collector
 from controlplane.model import states
 from controlplane.observability import metrics as m
 from controlplane.observability.instruments import job_family
+from controlplane.scheduler.types import Quota
 from controlplane.services.context import Context
+from controlplane.services.policy import load_policy
 from xinhe.v1 import common_pb2
 
 J = common_pb2
 COLLECTED = ("xinhe_jobs", "xinhe_queue_oldest_job_age_seconds",
              "xinhe_tenant_accelerators_allocated", "xinhe_accelerators",
-             "xinhe_accelerator_utilization_ratio", "xinhe_nodes", "xinhe_agents_connected")
+             "xinhe_accelerator_utilization_ratio", "xinhe_nodes", "xinhe_agents_connected",
+             "xinhe_tenant_quota_devices")
 DEVICE_STATES = ("allocated", "free", "unhealthy", "unavailable")
 
 
@@ -48,6 +51,10 @@ class FleetCollector(Collector):
     def __init__(self, ctx: Context, clock: Callable[[], float] | None = None) -> None:
         self.ctx = ctx
         self.clock = clock or ctx.clock
+        # The quotas of the policy file the server started with (it validated
+        # the file already; the policy is fixed for the process's life).
+        path = ctx.settings.policy_path
+        self.quotas = load_policy(path).quotas if path else ()
 
     def describe(self) -> list[GaugeMetricFamily]:
         return [family(name) for name in COLLECTED]
@@ -78,6 +85,7 @@ class FleetCollector(Collector):
         yield _filled("xinhe_queue_oldest_job_age_seconds",
                       {(t,): max(0.0, now - c) for t, c in oldest.items()})
         yield _filled("xinhe_tenant_accelerators_allocated", held)
+        yield _filled("xinhe_tenant_quota_devices", quota_use(self.quotas, jobs))
 
     def _fleet_gauges(self) -> Iterator[GaugeMetricFamily]:
         nodes = self.ctx.fleet.nodes()
@@ -103,6 +111,29 @@ class FleetCollector(Collector):
             utilisation.add_metric(list(key), count["allocated"] / healthy if healthy else 0.0)
         yield utilisation
         yield _filled("xinhe_nodes", node_status)
+
+
+def quota_use(quotas: Sequence[Quota],
+              jobs: Iterable[common_pb2.Job]) -> dict[tuple[str, str, str], float]:
+    """(tenant, family or model, kind) -> devices, as the scheduler counts
+    them: a scheduled or running job's devices count against every quota of
+    its tenant naming its placed family or model."""
+    used: Counter[tuple[str, str]] = Counter()
+    for job in jobs:
+        if job.state not in states.ACTIVE:
+            continue
+        where = (job.placement.family, job.placement.model)
+        devices = sum(len(r.device_indices) for r in job.placement.replicas)
+        for quota in quotas:
+            if quota.tenant == job.tenant and quota.family_or_model in where:
+                used[(quota.tenant, quota.family_or_model)] += devices
+    out: dict[tuple[str, str, str], float] = {}
+    for quota in quotas:
+        key = (quota.tenant, quota.family_or_model)
+        out[(*key, "nominal")] = quota.devices
+        out[(*key, "used")] = used[key]
+        out[(*key, "borrowed")] = max(used[key] - quota.devices, 0)
+    return out
 
 
 def _filled(name: str, values: dict[tuple[str, ...], float]) -> GaugeMetricFamily:

@@ -97,6 +97,11 @@ DEFINITIONS: tuple[MetricDef, ...] = (
          "Age of each tenant's oldest queued job (since submission).", ("tenant",)),
     _def("xinhe_tenant_accelerators_allocated", G,
          "Accelerators held by each tenant's scheduled and running jobs, by family.", JOB),
+    _def("xinhe_tenant_quota_devices", G,
+         "Quota use per tenant and quota (the family or model the policy file names): "
+         "kind=nominal (the quota), used (devices held by scheduled and running jobs), "
+         "borrowed (used beyond nominal). Only tenants with a quota.",
+         ("tenant", "family", "kind")),
     # -- jobs (counters, incremented as transitions are committed) ----------
     _def("xinhe_jobs_submitted_total", C, "Jobs accepted (idempotent repeats excluded).",
          ("tenant",)),

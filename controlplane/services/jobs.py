@@ -155,7 +155,9 @@ class JobService:
         return [self._with_wait_reason(j) for j in jobs], "" if cursor is None else str(cursor)
 
     def _with_wait_reason(self, job: common_pb2.Job) -> common_pb2.Job:
-        if job.state == J.JOB_STATE_QUEUED and not job.state_reason:
+        """A queued job shows why it waits now (the last round's reason); why it
+        came back to the queue (a failure, a lost node) stays in its events."""
+        if job.state == J.JOB_STATE_QUEUED:
             reason = self.ctx.wait_reasons.get(job.id)
             if reason:
                 job.state_reason = reason

@@ -174,6 +174,11 @@ class MigrationService:
                     f"{target.kind} {target.name} can never hold job {job.id}: {wait.reason}")
 
     # -- agent messages -----------------------------------------------------
+    def request_checkpoints(self, rows: list[ReplicaRecord], reason: str) -> None:
+        """Ask every live replica in ``rows`` to checkpoint, then stop: the
+        migration protocol, reused by preemption (``services/preemption``)."""
+        self._send_checkpoints(rows, reason)
+
     def _send_checkpoints(self, rows: list[ReplicaRecord], reason: str) -> None:
         grace = _duration(self.ctx.settings.stop_grace_s)
         for row in rows:

@@ -44,6 +44,8 @@ def next_transition(job: common_pb2.Job, rows: Sequence[ReplicaRecord]) -> list[
         return []
     if job.state == J.JOB_STATE_MIGRATING:
         return _migration_step(job, rows)
+    if job.state == J.JOB_STATE_PREEMPTED:
+        return _preemption_step(job, rows)
     replica_states = [r.state for r in rows]
     failed = [r for r in rows if r.state in (R.REPLICA_STATE_FAILED, R.REPLICA_STATE_STOPPED)]
     if failed:
@@ -80,6 +82,30 @@ def _migration_step(job: common_pb2.Job, rows: Sequence[ReplicaRecord]) -> list[
                     "every replica exited 0 before the migration stopped it")]
     notes = "; ".join(f"rank {r.rank}: {r.message}" for r in rows if r.message)
     return [migrated(job, f"replicas stopped ({notes})")]
+
+
+def _preemption_step(job: common_pb2.Job, rows: Sequence[ReplicaRecord]) -> list[Transition]:
+    """A PREEMPTED job goes back to the queue once every replica has ended,
+    however it ended (a process killed by the stop may exit non-zero): the
+    eviction was the scheduler's choice, so it is never a failure and spends
+    no retry. The state machine has no PREEMPTED -> SUCCEEDED edge; a job
+    that finished just as it was evicted runs again (rare, and safe for a
+    job that resumes from its checkpoint)."""
+    if any(r.state not in FINAL for r in rows):
+        return []
+    notes = "; ".join(f"rank {r.rank}: {r.message}" for r in rows if r.message)
+    return [requeued_after_preemption(job, f"replicas stopped ({notes})" if notes
+                                      else "replicas stopped")]
+
+
+def requeued_after_preemption(job: common_pb2.Job, what: str) -> Transition:
+    """PREEMPTED -> QUEUED with a new attempt (no retry spent)."""
+    resume = " from its last complete checkpoint" if job.spec.checkpoint_dir else ""
+    message = f"{what}; requeued after preemption, resumes{resume} when devices free"
+    # No state_reason: the queued job shows the scheduler's live wait reason.
+    return Transition(job_id=job.id, to_state=J.JOB_STATE_QUEUED, kind="requeued",
+                      message=message, expect_epoch=job.epoch, increment_attempt=True,
+                      clear_placement=True)
 
 
 def migrated(job: common_pb2.Job, what: str) -> Transition:
@@ -153,6 +179,8 @@ class Reconciler:
                     continue
                 what = f"node {node} lost (agent gone)"
                 t = (migrated(job, what) if job.state == J.JOB_STATE_MIGRATING
+                     else requeued_after_preemption(job, what)
+                     if job.state == J.JOB_STATE_PREEMPTED
                      else failure_or_retry(job, what))
                 changed.append((job, ctx.store.apply([t], ctx.clock())[-1]))
             for idx_hold in list(ctx.allocations.held_on(node).values()):

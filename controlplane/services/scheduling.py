@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from controlplane.model import states
 from controlplane.scheduler.host import SchedulerHost
-from controlplane.scheduler.types import ClusterSnapshot, Decisions, PendingJob, Policy
+from controlplane.scheduler.types import (
+    ClusterSnapshot,
+    Decisions,
+    PendingJob,
+    Policy,
+    PreemptionDecision,
+)
 from controlplane.services.context import Context
 from controlplane.services.translate import (
     launch_messages,
@@ -26,6 +33,8 @@ from controlplane.store.base import ConflictError, Transition
 from xinhe.v1 import common_pb2
 
 log = logging.getLogger(__name__)
+# Acts on a round's preemptions: (victims, now) -> jobs evicted.
+Preempt = Callable[[Sequence[PreemptionDecision], float], object]
 
 QUEUED = common_pb2.JOB_STATE_QUEUED
 SCHEDULED = common_pb2.JOB_STATE_SCHEDULED
@@ -61,7 +70,10 @@ def queued_jobs(ctx: Context) -> list[PendingJob]:
     return [pending_job(j, i, ctx.catalogue) for i, j in enumerate(queued)]
 
 
-def run_round(ctx: Context, host: SchedulerHost, policy: Policy) -> RoundResult:
+def run_round(ctx: Context, host: SchedulerHost, policy: Policy,
+              preempt: Preempt | None = None) -> RoundResult:
+    """Load, decide, apply. ``preempt`` acts on the round's preemptions
+    (``PreemptionService.apply``); None ignores them (no victim is touched)."""
     started = time.perf_counter()
     now = ctx.clock()
     with ctx.lock:
@@ -71,6 +83,8 @@ def run_round(ctx: Context, host: SchedulerHost, policy: Policy) -> RoundResult:
         snap = snapshot(ctx)
     decisions = host.schedule(snap, pending, policy, now)
     placed = apply_decisions(ctx, decisions, now)
+    if decisions.preemptions and preempt is not None:
+        preempt(decisions.preemptions, now)
     return RoundResult(len(pending), len(placed), time.perf_counter() - started)
 
 

@@ -68,23 +68,39 @@ def node_views(nodes: Iterable[common_pb2.Node], allocations: Allocations,
 
 def running_view(job: common_pb2.Job) -> RunningView:
     """The core's view of a job holding devices. Its expected end counts from
-    when it started running (or was placed, while it is still starting)."""
+    when it started running (or was placed, while it is still starting).
+
+    Every running job is preemptible: one with a ``checkpoint_dir`` is asked
+    to checkpoint first and resumes from it; one without restarts from the
+    beginning, as after a lost node (its priority or borrowed capacity is
+    what exposes it). ``seconds_since_checkpoint`` is 0 (unknown: the core
+    counts from ``started_at``) until agents report checkpoint times.
+    """
     placement = job.placement
     # Message fields are always truthy: ask which timestamp is really set.
     since = job.started_at if job.HasField("started_at") else job.scheduled_at
     start = since.ToNanoseconds() / 1e9
     runtime = placement.estimated_runtime.ToTimedelta().total_seconds()
-    devices = sum(len(r.device_indices) for r in placement.replicas)
+    per_node: dict[str, int] = {}
+    for rep in placement.replicas:
+        per_node[rep.node] = per_node.get(rep.node, 0) + len(rep.device_indices)
+    last_preempted = (job.last_preempted_at.ToNanoseconds() / 1e9
+                      if job.HasField("last_preempted_at") else None)
     return RunningView(job_id=job.id, pool=placement.pool, model=placement.model,
-                       devices=devices, expected_end=start + runtime if runtime else None,
-                       tenant=job.tenant)
+                       devices=sum(per_node.values()),
+                       expected_end=start + runtime if runtime else None,
+                       tenant=job.tenant, borrowed=placement.borrowed,
+                       priority=job.spec.priority, preemptible=True,
+                       started_at=start if since.ToNanoseconds() else None,
+                       last_preempted_at=last_preempted,
+                       nodes=tuple(sorted(per_node.items())))
 
 
 def placement_proto(decision: PlacementDecision, address: str, port: int) -> common_pb2.Placement:
     placement = common_pb2.Placement(
         pool=decision.pool, region=decision.region, family=decision.family,
         model=decision.model, master_addr=address, master_port=port,
-        explanation=decision.explanation,
+        explanation=decision.explanation, borrowed=decision.borrowed,
     )
     placement.estimated_runtime.CopyFrom(_duration(decision.estimated_runtime_s))
     for rep in decision.replicas:

@@ -126,6 +126,13 @@ def tenants() -> Dashboard:
            description="Fair share in practice: each tenant's part of the devices in use."),
         ts("Accelerators in use per tenant and family (quota use)",
            (f"sum by (tenant, family) ({held})", "{{tenant}} / {{family}}"), stacked=True),
+        ts("Quota use per tenant (nominal, used, borrowed)",
+           (f"sum by (tenant, family, kind) (xinhe_tenant_quota_devices{{{T}}})",
+            "{{tenant}} / {{family}} {{kind}}"),
+           description="Devices each tenant's quotas grant (nominal) and its scheduled and "
+                       "running jobs hold (used); borrowed = used beyond nominal, the first "
+                       "to be preempted when the owner reclaims. Quotas name a family or "
+                       "model, so the family filter does not apply."),
         ts("Waiting jobs per tenant",
            (f'sum by (tenant) (xinhe_jobs{{state="QUEUED", {T}}})', "{{tenant}}")),
         ts("Running jobs per tenant",

@@ -60,8 +60,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                         ("--metrics-port", str(agent_ports["n-910b"]))),
               AgentSpec("n-h100", "h100", "east", ("H100:2",),
                         ("--metrics-port", str(agent_ports["n-h100"])))]
+    # A quota (within which acme's blocker runs: nothing is preempted) so the
+    # quota-use panel has data.
+    policy = root / "policy.yaml"
+    policy.write_text("quotas:\n  acme:\n    ascend: {devices: 4}\n")
     server_args = ["--schedule-interval", "0.2", "--stop-grace", "1", "--heartbeat-interval",
-                   "0.5", "--metrics-port", str(cp_port)]
+                   "0.5", "--metrics-port", str(cp_port), "--policy", str(policy)]
     config = promlocal.write_config(root / "prometheus.yml", f"127.0.0.1:{cp_port}",
                                     [f"127.0.0.1:{p}" for p in agent_ports.values()])
     with LocalFleet(root, agents, scheduler="inline", server_args=server_args) as fleet:

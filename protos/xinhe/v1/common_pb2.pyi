@@ -152,7 +152,7 @@ class ReplicaPlacement(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., node: _Optional[str] = ..., device_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Placement(_message.Message):
-    __slots__ = ("pool", "region", "family", "model", "replicas", "master_addr", "master_port", "estimated_runtime", "explanation")
+    __slots__ = ("pool", "region", "family", "model", "replicas", "master_addr", "master_port", "estimated_runtime", "explanation", "borrowed")
     POOL_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class Placement(_message.Message):
     MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_RUNTIME_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    BORROWED_FIELD_NUMBER: _ClassVar[int]
     pool: str
     region: str
     family: str
@@ -171,10 +172,11 @@ class Placement(_message.Message):
     master_port: int
     estimated_runtime: _duration_pb2.Duration
     explanation: str
-    def __init__(self, pool: _Optional[str] = ..., region: _Optional[str] = ..., family: _Optional[str] = ..., model: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaPlacement, _Mapping]]] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., estimated_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., explanation: _Optional[str] = ...) -> None: ...
+    borrowed: bool
+    def __init__(self, pool: _Optional[str] = ..., region: _Optional[str] = ..., family: _Optional[str] = ..., model: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaPlacement, _Mapping]]] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., estimated_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., explanation: _Optional[str] = ..., borrowed: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "tenant", "client_key", "spec", "state", "state_reason", "placement", "attempt", "exit_code", "created_at", "scheduled_at", "started_at", "finished_at", "epoch", "placement_target")
+    __slots__ = ("id", "tenant", "client_key", "spec", "state", "state_reason", "placement", "attempt", "exit_code", "created_at", "scheduled_at", "started_at", "finished_at", "epoch", "placement_target", "last_preempted_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +192,7 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_TARGET_FIELD_NUMBER: _ClassVar[int]
+    LAST_PREEMPTED_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant: str
     client_key: str
@@ -205,7 +208,8 @@ class Job(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     epoch: int
     placement_target: str
-    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., client_key: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., state_reason: _Optional[str] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epoch: _Optional[int] = ..., placement_target: _Optional[str] = ...) -> None: ...
+    last_preempted_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., client_key: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., state_reason: _Optional[str] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epoch: _Optional[int] = ..., placement_target: _Optional[str] = ..., last_preempted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("sequence", "job_id", "time", "from_state", "to_state", "kind", "message", "attempt")
