@@ -50,6 +50,8 @@ from agents.launcher import (
     ReplicaSpec,
 )
 from agents.log_outbox import LogOutbox
+from agents.progress import ProgressWatcher, Report
+from controlplane.api.tls import channel_credentials, make_channel
 from controlplane.client import leader_hint, parse_targets
 from controlplane.model.catalogue import Catalogue, default_catalogue
 from xinhe.v1 import agent_pb2, agent_pb2_grpc, common_pb2
@@ -76,6 +78,9 @@ class AgentConfig:
     address: str = "127.0.0.1"  # where gang peers reach this node
     work_dir: Path = Path("xinhe-agent")
     token: str | None = None  # bearer token sent on every call
+    tls_ca: str | None = None  # PEM CA of the server certificate: connect over TLS
+    tls_cert: str | None = None  # PEM client certificate (mutual TLS), with tls_key
+    tls_key: str | None = None
     heartbeat_interval: float | None = None  # None = what Register returns
     stop_grace: float = 10.0  # SIGTERM -> SIGKILL when a stop names no grace
     cpu_millis: int | None = None  # None = all host cores
@@ -192,6 +197,7 @@ class Agent:
             config.work_dir, self.catalogue, config.stop_grace)
         self.checkpointer = Checkpointer()
         self.log_outbox = LogOutbox(config.log_outbox_bytes)
+        self.progress = ProgressWatcher(self._send_progress)
         self._channel = channel
         self._lock = threading.RLock()
         self._acked = threading.Condition(self._lock)
@@ -247,7 +253,10 @@ class Agent:
         if self._channel is not None:
             return self._channel
         if address not in channels:
-            channels[address] = grpc.insecure_channel(address, options=self._channel_options())
+            # TLS files are read once per address (agents/main.py checked them at start).
+            tls = channel_credentials(self.config.tls_ca, self.config.tls_cert,
+                                      self.config.tls_key)
+            channels[address] = make_channel(address, tls, self._channel_options())
         return channels[address]
 
     def _channel_options(self) -> list[tuple[str, int]]:
@@ -278,6 +287,7 @@ class Agent:
             self._acked.wait_for(lambda: not self._outbox or self._link is None,
                                  timeout=flush_timeout)
             self._stopping.set()
+            self.progress.stop()
             link, self._link = self._link, None
         if link is not None:
             link.close()
@@ -436,8 +446,11 @@ class Agent:
             self._emit(held.ref, agent_pb2.REPLICA_STATE_FAILED, 0, problem)
             return
         device_env = self._device_env(adapter, held.device_indices)
-        held.process = self.launcher.start(spec_from_launch(launch), device_env,
-                                           self._on_state, self._on_output)
+        spec = spec_from_launch(launch)
+        progress_file = getattr(self.launcher, "progress_file", None)
+        if progress_file is not None:  # backends without one (pods) report none
+            self.progress.watch(key, held.ref, progress_file(spec))
+        held.process = self.launcher.start(spec, device_env, self._on_state, self._on_output)
         with self._lock:
             late = not self._accepting
         if late:
@@ -503,6 +516,8 @@ class Agent:
             held.adapter.mark_busy(held.device_indices)
         elif held.adapter is not None and phase.terminal:
             held.adapter.mark_idle(held.device_indices)
+        if phase.terminal:
+            self.progress.unwatch(proc.spec.key)  # flushes the last report first
         self._emit(held.ref, _phase_to_proto(phase), code, message)
 
     def _on_output(self, proc: ReplicaProcess, stream: str, data: bytes) -> None:
@@ -513,6 +528,17 @@ class Agent:
             link = self._link
         if link is not None and link.queue.qsize() < self.config.max_queued_logs:
             link.queue.put(agent_pb2.AgentMessage(logs=chunk))
+
+    def _send_progress(self, ref: agent_pb2.ReplicaRef, report: Report) -> None:
+        """Best effort: dropped while disconnected or when the queue is full."""
+        when = Timestamp()
+        when.FromNanoseconds(int(report.time * 1e9))
+        message = agent_pb2.AgentMessage(progress=agent_pb2.Progress(
+            ref=ref, step=report.step, steps_per_second=report.steps_per_second, time=when))
+        with self._lock:
+            link = self._link
+        if link is not None and link.queue.qsize() < self.config.max_queued_logs:
+            link.queue.put(message)
 
     def _emit(self, ref: agent_pb2.ReplicaRef, state: int, code: int, message: str) -> None:
         """Record a status, keep it until acked, and send it if connected."""

@@ -344,11 +344,23 @@ class Launcher:
         env = {k: v for k, v in os.environ.items() if not self._owned(k)}
         env.setdefault("PYTHONUNBUFFERED", "1")  # logs stream as they happen
         env.update(job_env(spec, device_env))
+        progress = self.progress_file(spec)
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        env[PROGRESS_ENV] = str(progress)
         return env
+
+    def progress_file(self, spec: ReplicaSpec) -> Path:
+        """Where the replica's xinhe_runtime.report_progress lines go (the
+        agent tails it); one per replica and attempt, under the work dir."""
+        safe_job = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec.job_id)
+        return self.work_dir / "progress" / f"{safe_job}-a{spec.attempt}-r{spec.rank}.jsonl"
 
     def _owned(self, name: str) -> bool:
         return (name.startswith("XINHE_") or name in self._device_vars
                 or name in TORCH_DIST_VARS)
+
+
+PROGRESS_ENV = "XINHE_PROGRESS_FILE"  # xinhe_runtime.PROGRESS_ENV
 
 
 def _runtime_vars(spec: ReplicaSpec) -> dict[str, str]:

@@ -20,6 +20,7 @@ from types import FrameType
 from agents.accelerators.base import AcceleratorAdapter, adapters_for_host
 from agents.accelerators.simulated import simulated_adapters
 from agents.agent import Agent, AgentConfig
+from controlplane.api.tls import TLSError, channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "replicas of an HA control plane (env XINHE_SERVER)")
     parser.add_argument("--token", default=os.environ.get("XINHE_TOKEN"),
                         help="bearer token for the control plane (env XINHE_TOKEN)")
+    parser.add_argument("--tls-ca", default=os.environ.get("XINHE_TLS_CA") or None,
+                        help="PEM CA that signed the control plane's certificate: connect "
+                             "over TLS (env XINHE_TLS_CA)")
+    parser.add_argument("--tls-cert", default=os.environ.get("XINHE_TLS_CERT") or None,
+                        help="PEM client certificate for mutual TLS (env XINHE_TLS_CERT)")
+    parser.add_argument("--tls-key", default=os.environ.get("XINHE_TLS_KEY") or None,
+                        help="PEM private key of --tls-cert (env XINHE_TLS_KEY)")
     parser.add_argument("--node", default=socket.gethostname(),
                         help="node name, unique in the control plane (default: host name)")
     parser.add_argument("--pool", default="default", help="pool this node belongs to")
@@ -84,6 +92,7 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
         server=args.server, node_name=args.node, pool=args.pool, region=args.region,
         address=args.address, work_dir=work_dir, token=args.token or None,
+        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         heartbeat_interval=args.heartbeat_interval, stop_grace=args.stop_grace)
 
 
@@ -101,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return 2
     config = build_config(args)
+    try:  # bad TLS files stop the agent now, not on every reconnect
+        channel_credentials(config.tls_ca, config.tls_cert, config.tls_key)
+    except TLSError as err:
+        log.error("%s", err)
+        return 2
     config.work_dir.mkdir(parents=True, exist_ok=True)
     agent = Agent(config, adapters)
     stop_requested = threading.Event()

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from controlplane.api.tls import channel_credentials, make_channel
 from controlplane.services.leader import LEADER_METADATA
 from xinhe.v1 import (
     admin_pb2,
@@ -74,8 +75,13 @@ class XinheClient:
     when it is safe to: reads, cancel, and SubmitJob with a client_key."""
 
     def __init__(self, target: str | None = None, token: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, *, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+        """``tls_ca`` (PEM) turns on TLS and verifies the server with it;
+        ``tls_cert``/``tls_key`` are this client's certificate for mutual TLS.
+        Bad TLS files raise controlplane.api.tls.TLSError here, not per call."""
         self.target = target or default_server()
+        self._credentials = channel_credentials(tls_ca, tls_cert, tls_key)
         self.targets = parse_targets(self.target)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
@@ -85,7 +91,7 @@ class XinheClient:
     def _use(self, address: str) -> None:
         """Make ``address`` the current one (its channel kept for reuse)."""
         if address not in self._channels:
-            self._channels[address] = grpc.insecure_channel(address)
+            self._channels[address] = make_channel(address, self._credentials)
         self.current = address
         self._channel = self._channels[address]
         self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from controlplane.api.errors import MalformedRequests
 from controlplane.api.leader_gate import LeaderGate
 from controlplane.api.servicers import AdminServicer, AgentServicer, JobServicer
+from controlplane.api.tls import server_credentials
 from controlplane.model.catalogue import load_catalogue
 from controlplane.observability.exporter import MetricsExporter
 from controlplane.scheduler.host import InlineHost, RayHost, SchedulerHost
@@ -65,6 +66,8 @@ class ControlPlane:
         self.settings = settings
         # First: a bad policy file stops the start before anything is opened.
         policy = load_policy(settings.policy_path) if settings.policy_path else Policy()
+        credentials = server_credentials(settings.tls_cert_file, settings.tls_key_file,
+                                         settings.tls_ca_file)
         self.metrics = MetricsExporter()
         self.store = self.metrics.wrap_store(open_store(settings))
         self.host = make_host(settings)
@@ -95,7 +98,8 @@ class ControlPlane:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(settings.listen)
+        self.port = (self.server.add_secure_port(settings.listen, credentials) if credentials
+                     else self.server.add_insecure_port(settings.listen))
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.listen}")
         self.elector.address = settings.advertise_address or self.address

@@ -67,6 +67,13 @@ class ServerSettings:
     leader_election: str = "auto"
     # Seconds between election polls; a failover takes about one poll.
     leader_poll_s: float = 1.0
+    # PEM certificate and private key of the gRPC API; both set = serve TLS
+    # (controlplane/api/tls.py); empty = plain text.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # PEM CA bundle; set (with cert and key) = mutual TLS: every client and
+    # agent must present a certificate signed by it.
+    tls_ca_file: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServerSettings:

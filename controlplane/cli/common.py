@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -10,6 +11,7 @@ from functools import wraps
 import grpc
 from rich.console import Console
 
+from controlplane.api.tls import TLSError
 from controlplane.client import XinheClient, default_server, default_token
 from xinhe.v1 import common_pb2
 
@@ -23,10 +25,22 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
                              "(env XINHE_SERVER; default %(default)s)")
     parser.add_argument("--token", default=default_token(),
                         help="bearer token (env XINHE_TOKEN)")
+    parser.add_argument("--tls-ca", default=os.environ.get("XINHE_TLS_CA") or None,
+                        help="PEM CA that signed the server certificate: connect over TLS "
+                             "(env XINHE_TLS_CA)")
+    parser.add_argument("--tls-cert", default=os.environ.get("XINHE_TLS_CERT") or None,
+                        help="PEM client certificate for mutual TLS (env XINHE_TLS_CERT)")
+    parser.add_argument("--tls-key", default=os.environ.get("XINHE_TLS_KEY") or None,
+                        help="PEM private key of --tls-cert (env XINHE_TLS_KEY)")
 
 
 def client(args: argparse.Namespace) -> XinheClient:
-    return XinheClient(args.server, token=args.token)
+    """A client for the connection options; a bad TLS file exits with one line."""
+    try:
+        return XinheClient(args.server, token=args.token, tls_ca=args.tls_ca,
+                           tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except TLSError as err:
+        raise SystemExit(fail(str(err))) from err
 
 
 def rpc_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -53,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"  rendezvous {p.master_addr}:{p.master_port}")
     if p.explanation:
         console.print(f"why here   {p.explanation}", highlight=False)
+    if job.HasField("progress"):
+        g = job.progress
+        console.print(f"progress   step {g.step} at {g.steps_per_second:.3g} steps/s "
+                      f"(reported {_when(ts(g.updated_at))})", highlight=False)
+    if job.spec.job_type:
+        console.print(f"job type   {job.spec.job_type} (shares learned speed)", highlight=False)
     table = Table("SEQ", "TIME", "FROM", "TO", "KIND", "MESSAGE", title="events")
     for e in events:
         table.add_row(str(e.sequence), _when(ts(e.time)), state_name(e.from_state),

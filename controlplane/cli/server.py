@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from controlplane.api.tls import TLSError
 from controlplane.services.policy import PolicyError
 from controlplane.settings import ServerSettings
 
@@ -51,6 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): elect on a PostgreSQL store, lead alone on SQLite")
     p.add_argument("--leader-poll", type=float, dest="leader_poll_s",
                    help="seconds between leader-election polls (default 1; ~failover time)")
+    p.add_argument("--tls-cert", dest="tls_cert_file",
+                   help="PEM certificate: serve the API over TLS (with --tls-key)")
+    p.add_argument("--tls-key", dest="tls_key_file", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-ca", dest="tls_ca_file",
+                   help="PEM CA: require client certificates signed by it (mutual TLS)")
     p.set_defaults(func=run)
 
 
@@ -72,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         log_rate_bytes_per_job=args.log_rate_bytes_per_job,
         advertise_address=args.advertise_address, leader_election=args.leader_election,
-        leader_poll_s=args.leader_poll_s)
+        leader_poll_s=args.leader_poll_s, tls_cert_file=args.tls_cert_file,
+        tls_key_file=args.tls_key_file, tls_ca_file=args.tls_ca_file)
     try:
         return serve(settings)
-    except PolicyError as err:  # a bad policy file: say which key, no traceback
+    except (PolicyError, TLSError) as err:  # bad policy/TLS file: one line, no traceback
         print(f"xinhe server: {err}", file=sys.stderr)
         return 2

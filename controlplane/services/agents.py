@@ -17,6 +17,7 @@ from controlplane.services.fleet import AgentSession
 from controlplane.services.limits import LogBatcher
 from controlplane.services.log_acks import AckingRateLimiter, LogAcks
 from controlplane.services.reconcile import Reconciler
+from controlplane.services.throughput import job_type
 from controlplane.services.translate import launch_messages
 from xinhe.v1 import agent_pb2
 
@@ -121,6 +122,21 @@ class AgentSessions:
             self._on_status(session, message.status)
         elif kind == "logs":
             self._on_logs(session, message.logs, now)
+        elif kind == "progress":
+            self._on_progress(message.progress, now)
+
+    def _on_progress(self, progress: agent_pb2.Progress, now: float) -> None:
+        """Rank 0 of the job's current assignment: remember it as the job's
+        progress and learn its type's speed on the placed model. Reports of
+        other attempts, epochs or ranks are dropped (best effort, no ack)."""
+        table, ref = self.ctx.throughput, progress.ref
+        if table is None or ref.rank != 0:
+            return
+        job = self.ctx.store.get_job(ref.job_id)
+        if job is None or (job.attempt, job.epoch) != (ref.attempt, ref.epoch):
+            return
+        table.note_progress(job.id, progress.step, progress.steps_per_second, now)
+        table.record(job_type(job.spec), job.placement.model, progress.steps_per_second)
 
     def _on_status(self, session: AgentSession, status: agent_pb2.ReplicaStatus) -> None:
         # The agent sends a replica's output before its final status: write

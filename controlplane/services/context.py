@@ -17,6 +17,7 @@ from controlplane.model.catalogue import Catalogue
 from controlplane.services.allocations import Allocations
 from controlplane.services.fleet import Fleet
 from controlplane.services.pending import PendingQueue
+from controlplane.services.throughput import ThroughputTable
 from controlplane.settings import ServerSettings
 from controlplane.store.base import Store
 
@@ -60,3 +61,6 @@ class Context:
     # The QUEUED jobs kept in memory (set by the Controller, which also wraps
     # ``store`` to feed it); None = rounds read the queue from the store.
     pending: PendingQueue | None = None
+    # Learned per-job-type speed and each job's latest progress (set by the
+    # Controller; None = agents' progress reports are ignored).
+    throughput: ThroughputTable | None = None

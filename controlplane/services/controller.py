@@ -22,6 +22,7 @@ from controlplane.services.pending import PendingQueue, PendingTrackingStore
 from controlplane.services.preemption import PreemptionService
 from controlplane.services.reconcile import Reconciler
 from controlplane.services.scheduling import RoundResult, run_round
+from controlplane.services.throughput import ThroughputTable
 from controlplane.settings import ServerSettings
 from controlplane.store.base import Store, StoreError
 
@@ -39,8 +40,11 @@ class Controller:
                  clock: Callable[[], float] = time.time) -> None:
         queue = PendingQueue(catalogue)
         store = PendingTrackingStore(store, queue)
+        throughput = ThroughputTable(catalogue)
+        queue.throughput, throughput.on_change = throughput, queue.refresh_speed
         self.ctx = Context(store=store, fleet=Fleet(store, clock()), catalogue=catalogue,
-                           settings=settings, clock=clock, pending=queue)
+                           settings=settings, clock=clock, pending=queue,
+                           throughput=throughput)
         self.host = host
         self.policy = policy or Policy()
         self.reconciler = Reconciler(self.ctx)

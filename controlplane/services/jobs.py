@@ -19,6 +19,7 @@ from controlplane.services.limits import SubmissionLimiter
 from controlplane.services.reconcile import FINAL
 from controlplane.services.scheduling import model_speeds
 from controlplane.services.submit_batch import SubmitBatcher
+from controlplane.services.throughput import attach_progress
 from controlplane.services.translate import node_views, pending_job
 from controlplane.store.base import Transition
 from xinhe.v1 import agent_pb2, common_pb2
@@ -138,7 +139,7 @@ class JobService:
         job = self.ctx.store.get_job(job_id)
         if job is None or (scope is not None and job.tenant != scope):
             raise NotFound(f"job {job_id} not found")
-        return self._with_wait_reason(job)
+        return attach_progress(self._with_wait_reason(job), self.ctx.throughput)
 
     def list(self, request_states: list[int], queue: str, page_size: int,
              page_token: str, scope: str | None = None) -> tuple[list[common_pb2.Job], str]:

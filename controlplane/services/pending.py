@@ -11,6 +11,7 @@ round (a sign the queue was stale) and now and then as a safety net.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from controlplane.model import states
 from controlplane.model.catalogue import Catalogue
 from controlplane.scheduler.types import PendingJob
+from controlplane.services.throughput import ThroughputTable, job_type
 from controlplane.services.translate import pending_job
 from controlplane.store.base import Store, Transition
 from xinhe.v1 import common_pb2
@@ -34,6 +36,21 @@ class PendingQueue:
         self._queued: dict[str, PendingJob] = {}
         self._order: dict[str, int] = {}
         self._next = 0
+        # Learned speeds; a queued job carries its type's factors.
+        self.throughput: ThroughputTable | None = None
+        self._types: dict[str, str] = {}  # queued job id -> job type
+
+    def refresh_speed(self, kind: str) -> None:
+        """The learned factors of ``kind`` changed: re-stamp its queued jobs
+        (a field swap, no re-translation)."""
+        if self.throughput is None:
+            return
+        speed = self.throughput.speed(kind)
+        with self._lock:
+            for job_id, job_kind in self._types.items():
+                if job_kind == kind and job_id in self._queued:
+                    self._queued[job_id] = dataclasses.replace(self._queued[job_id],
+                                                               speed=speed)
 
     def resync(self, store: Store) -> None:
         """Rebuild from the store. The store is read under the queue's lock,
@@ -58,15 +75,19 @@ class PendingQueue:
         if states.is_terminal(job.state):
             self._queued.pop(job.id, None)
             self._order.pop(job.id, None)
+            self._types.pop(job.id, None)
             return
         order = self._order.get(job.id)
         if order is None:
             order = self._order[job.id] = self._next
             self._next += 1
         if job.state == states.QUEUED:
-            self._queued[job.id] = pending_job(job, order, self.catalogue)
+            kind = self._types[job.id] = job_type(job.spec)
+            speed = self.throughput.speed(kind) if self.throughput is not None else ()
+            self._queued[job.id] = pending_job(job, order, self.catalogue, speed)
         else:
             self._queued.pop(job.id, None)
+            self._types.pop(job.id, None)
 
     def pending(self) -> list[PendingJob]:
         """The queued jobs, as the scheduler core takes them (its ``order``

@@ -20,8 +20,10 @@ from controlplane.services.migration_target import Filters, pinned
 from xinhe.v1 import agent_pb2, common_pb2
 
 
-def pending_job(job: common_pb2.Job, order: int, catalogue: Catalogue) -> PendingJob:
-    """The core's view of a queued job; model names become catalogue names."""
+def pending_job(job: common_pb2.Job, order: int, catalogue: Catalogue,
+                speed: tuple[tuple[str, float], ...] = ()) -> PendingJob:
+    """The core's view of a queued job; model names become catalogue names.
+    ``speed``: the job type's learned factors (throughput.py), if any."""
     spec = job.spec
     res = spec.resources
     models = set()
@@ -38,7 +40,7 @@ def pending_job(job: common_pb2.Job, order: int, catalogue: Catalogue) -> Pendin
         memory_bytes=res.memory_bytes, families=where.families,
         models=where.models, pools=where.pools,
         reference_runtime_s=spec.reference_runtime.ToTimedelta().total_seconds(),
-        submitted_at=job.created_at.ToNanoseconds() / 1e9,
+        submitted_at=job.created_at.ToNanoseconds() / 1e9, speed=speed,
     )
 
 

@@ -30,13 +30,7 @@ from tests.deploy.k8s_schema import validate
 
 # Server variables the chart sets ahead of the server reading them (documented
 # in values.yaml as planned); every other XINHE_* must be a ServerSettings field.
-PLANNED_SERVER_ENV = {
-    "XINHE_POLICY_PATH", "XINHE_TLS_CERT_FILE",
-    "XINHE_TLS_KEY_FILE", "XINHE_LEADER_ELECTION_LEASE",
-    "XINHE_LEADER_ELECTION_LEASE_DURATION_S", "XINHE_LEADER_ELECTION_RENEW_DEADLINE_S",
-    "XINHE_LEADER_ELECTION_RETRY_PERIOD_S", "XINHE_LEADER_ELECTION_NAMESPACE",
-    "XINHE_LEADER_ELECTION_IDENTITY",
-}
+PLANNED_SERVER_ENV: set[str] = set()
 BUILTIN_RESOURCES = ("cpu", "memory", "ephemeral-storage", "hugepages-")
 
 
@@ -199,14 +193,11 @@ def test_postgres_ha_elects_a_leader_with_least_privilege() -> None:
     assert env["XINHE_STORE_DSN"] == {"secretKeyRef": {"name": "xinhe-store", "key": "dsn"}}
     assert env["XINHE_AUTH_TOKEN"] == {"secretKeyRef": {"name": "xinhe-token", "key": "token"}}
     assert env["XINHE_RAY_ADDRESS"] == "ray://ray-head.ray.svc:10001"
-    role = of_kind(docs, "Role")[0]
-    lease = env["XINHE_LEADER_ELECTION_LEASE"]
-    for rule in role["rules"]:
-        assert rule["resources"] == ["leases"] and rule["apiGroups"] == ["coordination.k8s.io"]
-        assert rule["verbs"] == ["create"] or rule["resourceNames"] == [lease]
-    binding = of_kind(docs, "RoleBinding")[0]
-    assert binding["subjects"][0]["name"] == deployment["spec"]["template"]["spec"][
-        "serviceAccountName"]
+    # Leader election is a PostgreSQL advisory lock: no Kubernetes API access.
+    assert env["XINHE_LEADER_ELECTION"] == "postgres"
+    assert float(env["XINHE_LEADER_POLL_S"]) > 0
+    assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     assert not of_kind(docs, "Secret"), "every secret comes from an existing one"
 
 

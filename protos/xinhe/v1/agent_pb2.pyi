@@ -81,18 +81,32 @@ class RegisterResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stop: _Optional[_Iterable[_Union[ReplicaRef, _Mapping]]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("session_id", "heartbeat", "inventory", "status", "logs")
+    __slots__ = ("session_id", "heartbeat", "inventory", "status", "logs", "progress")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat: Heartbeat
     inventory: InventoryUpdate
     status: ReplicaStatus
     logs: _common_pb2.LogChunk
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., inventory: _Optional[_Union[InventoryUpdate, _Mapping]] = ..., status: _Optional[_Union[ReplicaStatus, _Mapping]] = ..., logs: _Optional[_Union[_common_pb2.LogChunk, _Mapping]] = ...) -> None: ...
+    progress: Progress
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., inventory: _Optional[_Union[InventoryUpdate, _Mapping]] = ..., status: _Optional[_Union[ReplicaStatus, _Mapping]] = ..., logs: _Optional[_Union[_common_pb2.LogChunk, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("ref", "step", "steps_per_second", "time")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ref: ReplicaRef
+    step: int
+    steps_per_second: float
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, ref: _Optional[_Union[ReplicaRef, _Mapping]] = ..., step: _Optional[int] = ..., steps_per_second: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("time", "devices", "running")

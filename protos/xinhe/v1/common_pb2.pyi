@@ -96,7 +96,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "command", "args", "env", "working_dir", "replicas", "resources", "variants", "reference_runtime", "max_runtime", "priority", "queue", "checkpoint_dir", "retry")
+    __slots__ = ("name", "command", "args", "env", "working_dir", "replicas", "resources", "variants", "reference_runtime", "max_runtime", "priority", "queue", "checkpoint_dir", "retry", "job_type")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class JobSpec(_message.Message):
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_DIR_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
+    JOB_TYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     command: _containers.RepeatedScalarFieldContainer[str]
     args: _containers.RepeatedScalarFieldContainer[str]
@@ -139,7 +140,8 @@ class JobSpec(_message.Message):
     queue: str
     checkpoint_dir: str
     retry: RetryPolicy
-    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., replicas: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., variants: _Optional[_Mapping[str, Variant]] = ..., reference_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[int] = ..., queue: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ...) -> None: ...
+    job_type: str
+    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., replicas: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., variants: _Optional[_Mapping[str, Variant]] = ..., reference_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[int] = ..., queue: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., job_type: _Optional[str] = ...) -> None: ...
 
 class ReplicaPlacement(_message.Message):
     __slots__ = ("rank", "node", "device_indices")
@@ -176,7 +178,7 @@ class Placement(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., region: _Optional[str] = ..., family: _Optional[str] = ..., model: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaPlacement, _Mapping]]] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., estimated_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., explanation: _Optional[str] = ..., borrowed: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "tenant", "client_key", "spec", "state", "state_reason", "placement", "attempt", "exit_code", "created_at", "scheduled_at", "started_at", "finished_at", "epoch", "placement_target", "last_preempted_at")
+    __slots__ = ("id", "tenant", "client_key", "spec", "state", "state_reason", "placement", "attempt", "exit_code", "created_at", "scheduled_at", "started_at", "finished_at", "epoch", "placement_target", "last_preempted_at", "progress")
     ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +195,7 @@ class Job(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_TARGET_FIELD_NUMBER: _ClassVar[int]
     LAST_PREEMPTED_AT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant: str
     client_key: str
@@ -209,7 +212,18 @@ class Job(_message.Message):
     epoch: int
     placement_target: str
     last_preempted_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., client_key: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., state_reason: _Optional[str] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epoch: _Optional[int] = ..., placement_target: _Optional[str] = ..., last_preempted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    progress: JobProgress
+    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., client_key: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., state_reason: _Optional[str] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epoch: _Optional[int] = ..., placement_target: _Optional[str] = ..., last_preempted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ...) -> None: ...
+
+class JobProgress(_message.Message):
+    __slots__ = ("step", "steps_per_second", "updated_at")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    steps_per_second: float
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, step: _Optional[int] = ..., steps_per_second: _Optional[float] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("sequence", "job_id", "time", "from_state", "to_state", "kind", "message", "attempt")

@@ -1,0 +1,108 @@
+"""TLS and mutual TLS for the gRPC API and the agent stream.
+
+Files are read and checked once, at startup, so a missing file, an unreadable
+one or a key that does not belong to its certificate stops ``xinhe server``
+(or an agent, or a client) with one clear line instead of failing every
+handshake later. The check uses the standard library's ``ssl`` module, so TLS
+needs no extra runtime dependency.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+
+class TLSError(ValueError):
+    """A TLS file is missing, unreadable, malformed or mismatched."""
+
+
+def _read(path: str | Path, what: str) -> bytes:
+    """The bytes of ``path``; TLSError naming ``what`` when it cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise TLSError(f"cannot read {what} {path}: {err.strerror or err}") from err
+    if b"-----BEGIN" not in data:
+        raise TLSError(f"{what} {path} is not a PEM file")
+    return data
+
+
+def _check_pair(cert_file: str | Path, key_file: str | Path) -> None:
+    """Raise TLSError unless ``key_file`` is the private key of ``cert_file``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+    except ssl.SSLError as err:
+        reason = "the key does not match the certificate" \
+            if "MISMATCH" in str(err).upper() else f"invalid certificate or key ({err})"
+        raise TLSError(f"TLS certificate {cert_file} / key {key_file}: {reason}") from err
+
+
+def _check_ca(ca_file: str | Path) -> bytes:
+    """The PEM bytes of a CA bundle, checked to hold at least one certificate."""
+    data = _read(ca_file, "TLS CA file")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode())
+    except (ssl.SSLError, UnicodeDecodeError) as err:
+        raise TLSError(f"TLS CA file {ca_file} holds no valid certificate ({err})") from err
+    return data
+
+
+def _key_pair(cert_file: str | Path | None, key_file: str | Path | None,
+              ) -> tuple[bytes, bytes] | None:
+    """(key, cert) PEM bytes, both checked; None when neither is given."""
+    if not cert_file and not key_file:
+        return None
+    if not cert_file or not key_file:
+        raise TLSError("a TLS certificate and its key must be given together "
+                       "(--tls-cert and --tls-key)")
+    cert = _read(cert_file, "TLS certificate")
+    key = _read(key_file, "TLS key")
+    _check_pair(cert_file, key_file)
+    return key, cert
+
+
+def server_credentials(cert_file: str | Path | None, key_file: str | Path | None,
+                       ca_file: str | Path | None = None) -> grpc.ServerCredentials | None:
+    """Credentials for the listening port; None (plain text) when no cert/key.
+
+    With ``ca_file`` as well, clients must present a certificate signed by
+    that CA (mutual TLS); without it any client may connect over TLS.
+    """
+    pair = _key_pair(cert_file, key_file)
+    if pair is None:
+        if ca_file:
+            raise TLSError("--tls-ca needs --tls-cert and --tls-key on the server")
+        return None
+    ca = _check_ca(ca_file) if ca_file else None
+    return grpc.ssl_server_credentials([pair], root_certificates=ca,
+                                       require_client_auth=ca is not None)
+
+
+def channel_credentials(ca_file: str | Path | None = None,
+                        cert_file: str | Path | None = None,
+                        key_file: str | Path | None = None) -> grpc.ChannelCredentials | None:
+    """Credentials for a client channel; None (plain text) when nothing is set.
+
+    ``ca_file`` verifies the server (else the system roots); cert and key are
+    this client's own certificate, for servers that require mutual TLS.
+    """
+    pair = _key_pair(cert_file, key_file)
+    if not ca_file and pair is None:
+        return None
+    ca = _check_ca(ca_file) if ca_file else None
+    key, cert = pair if pair else (None, None)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                        certificate_chain=cert)
+
+
+def make_channel(address: str, credentials: grpc.ChannelCredentials | None,
+                 options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
+    """A secure channel with ``credentials``, else the plain-text default."""
+    if credentials is None:
+        return grpc.insecure_channel(address, options=list(options))
+    return grpc.secure_channel(address, credentials, options=list(options))
