@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agents.accelerators.base import DeviceInfo
 from agents.agent import AGENT_VERSION, Agent
 from controlplane.observability import metrics as m
+from controlplane.observability.endpoint import MetricsEndpoint
 from xinhe.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -87,24 +87,15 @@ class AgentMetricsServer:
     def __init__(self, agent: Agent) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(AgentCollector(agent))
-        self._server: WSGIServer | None = None
-        self.url = ""
+        self.endpoint = MetricsEndpoint(self.registry, "agent metrics")
 
     def serve(self, host: str, port: int) -> int:
         """Listen on host:port (0 = a free port); returns the port."""
-        disable_created_metrics()
-        host = host.strip("[]")
-        try:
-            self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise OSError(f"cannot serve agent metrics on {host}:{port}: {exc}") from exc
-        bound = self._server.server_port
-        self.url = f"http://{f'[{host}]' if ':' in host else host}:{bound}/metrics"
-        log.info("agent metrics on %s", self.url)
-        return bound
+        return self.endpoint.serve(host, port)
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self.endpoint.close()

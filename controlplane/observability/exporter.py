@@ -6,12 +6,9 @@ the scrape-time collector and the ``/metrics`` HTTP endpoint on its own port.
 from __future__ import annotations
 
 import logging
-import threading
-from wsgiref.simple_server import WSGIServer
-
-from prometheus_client import disable_created_metrics, start_http_server
 
 from controlplane.observability.collector import FleetCollector
+from controlplane.observability.endpoint import MetricsEndpoint
 from controlplane.observability.grpc_metrics import MetricsInterceptor
 from controlplane.observability.instruments import ControlPlaneMetrics, RoundLike
 from controlplane.observability.store import InstrumentedStore
@@ -27,9 +24,7 @@ class MetricsExporter:
     def __init__(self) -> None:
         self.metrics = ControlPlaneMetrics()
         self.registry = self.metrics.registry
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self.url = ""  # http://host:port/metrics once serving
+        self.endpoint = MetricsEndpoint(self.registry)
 
     def wrap_store(self, store: Store) -> Store:
         return InstrumentedStore(store, self.metrics)
@@ -49,21 +44,11 @@ class MetricsExporter:
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on host:port (0 picks a free port); returns the port."""
-        host = host.strip("[]")  # an IPv6 listen address arrives bracketed
-        disable_created_metrics()  # `_created` series only clutter the 0.0.4 text format
-        try:
-            self._server, self._thread = start_http_server(port, addr=host,
-                                                           registry=self.registry)
-        except OSError as exc:
-            raise OSError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
-        bound = self._server.server_port
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound}/metrics"
-        log.info("metrics on %s", self.url)
-        return bound
+        return self.endpoint.serve(host, port)
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self.endpoint.close()
