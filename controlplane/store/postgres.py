@@ -31,7 +31,6 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from controlplane.model import states as job_states
 from controlplane.store.base import (
     ConflictError,
     NotFoundError,
@@ -43,10 +42,10 @@ from controlplane.store.postgres_tokens import TokensAndAudit
 from controlplane.store.sqlcommon import (
     SqlStore,
     event_from_row,
+    log_rows,
     node_from_row,
     prepared_job,
 )
-from controlplane.store.transitions import seconds
 from xinhe.v1 import common_pb2
 
 Cursor = psycopg.Cursor[Any]
@@ -157,9 +156,7 @@ class PostgresStore(TokensAndAudit, SqlStore):
                                 (stored.tenant, stored.client_key))
                     out.append((common_pb2.Job.FromString(cur.fetchone()[0]), False))
                     continue
-                self._insert_event(cur, stored.id, now, common_pb2.JOB_STATE_UNSPECIFIED,
-                                   job_states.QUEUED, "submitted",
-                                   f"queued in {stored.spec.queue}", stored.attempt)
+                self._insert_submitted(cur, stored, now)
                 out.append((stored, True))
         return out
 
@@ -209,9 +206,7 @@ class PostgresStore(TokensAndAudit, SqlStore):
         """See :meth:`Store.append_logs`; a chunk without a time gets ``now``."""
         if not chunks:
             return
-        rows = [(c.job_id, c.attempt, c.rank, c.stream, c.data,
-                 seconds(c.time) if c.HasField("time") else now,
-                 c.offset if c.HasField("offset") else None) for c in chunks]
+        rows = log_rows(chunks, now)
         with self._tx() as cur:  # a chunk whose offset is stored already is a resend
             _lock_jobs(cur, (c.job_id for c in chunks))
             cur.executemany("INSERT INTO logs (job_id, attempt, rank, stream, data, time,"

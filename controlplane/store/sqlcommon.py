@@ -18,7 +18,7 @@ from typing import Any
 
 from controlplane.model import states as job_states
 from controlplane.store.base import NotFoundError, ReplicaRecord, Store, Transition
-from controlplane.store.transitions import creates_replicas, timestamp, transform
+from controlplane.store.transitions import creates_replicas, seconds, timestamp, transform
 from xinhe.v1 import agent_pb2, common_pb2
 
 REPLICA_COLUMNS = "job_id, attempt, rank, epoch, node, state, exit_code, message"
@@ -53,6 +53,14 @@ def prepared_job(job: common_pb2.Job, now: float) -> common_pb2.Job:
     stored.attempt = stored.attempt or 1
     stored.created_at.CopyFrom(timestamp(now))
     return stored
+
+
+def log_rows(chunks: Sequence[common_pb2.LogChunk], now: float) -> list[tuple]:
+    """Rows for the logs table; a chunk without a time gets ``now``, one
+    without a byte offset (an older agent) stores NULL."""
+    return [(c.job_id, c.attempt, c.rank, c.stream, c.data,
+             seconds(c.time) if c.HasField("time") else now,
+             c.offset if c.HasField("offset") else None) for c in chunks]
 
 
 def marks(n: int) -> str:
@@ -166,6 +174,12 @@ class SqlStore(Store):
             cur, "INSERT INTO events (job_id, time, from_state, to_state, kind, message,"
             " attempt) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
             (job_id, now, from_state, to_state, kind, message, attempt)).fetchone()[0]
+
+    def _insert_submitted(self, cur: Any, job: common_pb2.Job, now: float) -> int:
+        """The first event of a newly created job (in the caller's transaction)."""
+        return self._insert_event(cur, job.id, now, common_pb2.JOB_STATE_UNSPECIFIED,
+                                  job_states.QUEUED, "submitted", f"queued in {job.spec.queue}",
+                                  job.attempt)
 
     def events(self, job_id: str, after_seq: int = 0,
                limit: int = 1000) -> list[common_pb2.JobEvent]:

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from controlplane.model import states as job_states
 from controlplane.store.base import (
     AuditRecord,
     ConflictError,
@@ -32,11 +31,11 @@ from controlplane.store.base import (
 from controlplane.store.sqlcommon import (
     SqlStore,
     event_from_row,
+    log_rows,
     node_from_row,
     prepared_job,
 )
 from controlplane.store.sqlite_schema import configure, migrate
-from controlplane.store.transitions import seconds
 from xinhe.v1 import common_pb2
 
 _TOKEN_COLUMNS = "id, kind, tenant, description, created_at, revoked_at"
@@ -141,9 +140,7 @@ class SqliteStore(SqlStore):
                         out.append((common_pb2.Job.FromString(row[0]), False))
                         continue
                 self._insert_job(conn, stored, now)
-                self._insert_event(conn, stored.id, now, common_pb2.JOB_STATE_UNSPECIFIED,
-                                   job_states.QUEUED, "submitted",
-                                   f"queued in {stored.spec.queue}", stored.attempt)
+                self._insert_submitted(conn, stored, now)
                 out.append((stored, True))
         return out
 
@@ -183,9 +180,7 @@ class SqliteStore(SqlStore):
     # -- logs -----------------------------------------------------------------
     def append_logs(self, chunks: Sequence[common_pb2.LogChunk], now: float) -> None:
         """See :meth:`Store.append_logs`; a chunk without a time gets ``now``."""
-        rows = [(c.job_id, c.attempt, c.rank, c.stream, c.data,
-                 seconds(c.time) if c.HasField("time") else now,
-                 c.offset if c.HasField("offset") else None) for c in chunks]
+        rows = log_rows(chunks, now)
         with self._tx() as conn:  # a chunk whose offset is stored already is a resend
             conn.executemany("INSERT INTO logs (job_id, attempt, rank, stream, data, time,"
                              " byte_offset) VALUES (?, ?, ?, ?, ?, ?, ?)"
