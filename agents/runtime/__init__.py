@@ -176,7 +176,10 @@ DONE_FILE = ".xinhe-checkpoint-done"
 PROGRESS_ENV = "XINHE_PROGRESS_FILE"
 
 # Set from the SIGUSR1 handler: a plain assignment, safe at any bytecode boundary.
-_signal_state = {"requested": False}
+# "answered" is set by checkpoint_done(): under Xinhe an attempt is asked for one
+# checkpoint and then stopped, so later requests in the same attempt are echoes of
+# that one (a gang sibling's agent writing the file again, a signal landing late).
+_signal_state = {"requested": False, "answered": False}
 
 
 def _checkpoint_root() -> Path:
@@ -296,7 +299,12 @@ def should_checkpoint() -> bool:
     """True when a checkpoint was asked for: SIGUSR1 received, or the request file exists.
 
     Poll it between steps; after checkpointing call :func:`checkpoint_done`.
+    Under Xinhe (``XINHE_ATTEMPT`` set) a run attempt answers one request:
+    the agent stops the attempt after it, and every agent of a gang asks the
+    shared directory, so a repeat in the same attempt is the same request.
     """
+    if _signal_state["answered"] and "XINHE_ATTEMPT" in os.environ:
+        return False
     if _signal_state["requested"]:
         return True
     directory = checkpoint_dir()
@@ -345,6 +353,7 @@ def checkpoint_done(name: str | None = None) -> str:
     """
     root = _checkpoint_root()
     _signal_state["requested"] = False
+    _signal_state["answered"] = True
     (root / REQUEST_FILE).unlink(missing_ok=True)
     if name is None:
         latest = resume_path()

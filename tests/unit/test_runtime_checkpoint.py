@@ -29,7 +29,7 @@ def ckpt(tmp_path, monkeypatch):
     handler = signal.getsignal(signal.SIGUSR1)
     yield directory
     signal.signal(signal.SIGUSR1, handler)
-    xr._signal_state["requested"] = False
+    xr._signal_state.update(requested=False, answered=False)
 
 
 def write_json(data):
@@ -134,6 +134,20 @@ def test_sigusr1_asks_for_a_checkpoint(ckpt):
     wait_for(xr.should_checkpoint, what="SIGUSR1 to be noted")
     xr.checkpoint_done("step-0")
     assert not xr.should_checkpoint()
+
+
+def test_under_xinhe_an_attempt_answers_one_request(ckpt, monkeypatch):
+    """A gang's agents all ask the shared directory; rank 0 answers once per attempt."""
+    monkeypatch.setenv("XINHE_ATTEMPT", "2")
+    (ckpt / xr.REQUEST_FILE).touch()
+    assert xr.should_checkpoint()
+    xr.checkpoint_done("step-5")
+    (ckpt / xr.REQUEST_FILE).touch()  # the sibling replica's agent, a moment late
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(0.05)
+    assert xr._signal_state["requested"] and not xr.should_checkpoint()
+    monkeypatch.delenv("XINHE_ATTEMPT")  # outside Xinhe every request counts
+    assert xr.should_checkpoint()
 
 
 def test_on_checkpoint_chains_the_previous_handler(ckpt):
