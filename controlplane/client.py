@@ -11,7 +11,8 @@ carry the server's status and message (INVALID_ARGUMENT names the field).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 
 import grpc
 
@@ -58,6 +59,12 @@ def leader_hint(err: grpc.RpcError) -> str:
     return ""
 
 
+def _electing(err: grpc.RpcError) -> bool:
+    """A follower's refusal while no leader is known (an election is running)."""
+    details = err.details() if callable(getattr(err, "details", None)) else ""
+    return (details or "").startswith("not the leader") and not leader_hint(err)
+
+
 def _method_name(client: XinheClient, method: object) -> tuple[str, str]:
     """(RPC name, "jobs" or "admin") of a stub attribute of ``client``."""
     for service in ("jobs", "admin"):
@@ -76,7 +83,8 @@ class XinheClient:
 
     def __init__(self, target: str | None = None, token: str | None = None,
                  timeout: float = 30.0, *, tls_ca: str | None = None,
-                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 failover_wait_s: float = 10.0) -> None:
         """``tls_ca`` (PEM) turns on TLS and verifies the server with it;
         ``tls_cert``/``tls_key`` are this client's certificate for mutual TLS.
         Bad TLS files raise controlplane.api.tls.TLSError here, not per call."""
@@ -85,6 +93,7 @@ class XinheClient:
         self.targets = parse_targets(self.target)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
+        self.failover_wait_s = failover_wait_s
         self._channels: dict[str, grpc.Channel] = {}
         self._use(self.targets[0])
 
@@ -110,17 +119,27 @@ class XinheClient:
     def _call(self, method, request, *, retry: bool = True):
         """Call ``method`` (an attribute of ``self.jobs`` or ``self.admin``);
         on UNAVAILABLE move to the leader or the next replica and, when
-        ``retry``, try again there (once per replica, plus one hint hop)."""
+        ``retry``, try again there (once per replica, plus one hint hop).
+        A refusal that names no other leader ("no leader elected yet": an
+        election in progress) is retried with backoff for up to
+        ``failover_wait_s``, the time a failover takes."""
         name, service = _method_name(self, method)
-        for attempt in range(len(self.targets) + 1):
+        waited, pause = 0.0, 0.05
+        attempt = 0
+        while True:
             try:
                 return getattr(getattr(self, service), name)(
                     request, metadata=self._metadata, timeout=self._timeout)
             except grpc.RpcError as err:
-                moved = err.code() == grpc.StatusCode.UNAVAILABLE and self._follow(err)
+                unavailable = err.code() == grpc.StatusCode.UNAVAILABLE
+                if unavailable and retry and _electing(err) and waited < self.failover_wait_s:
+                    time.sleep(pause)
+                    waited, pause = waited + pause, min(pause * 2, 1.0)
+                    continue
+                moved = unavailable and self._follow(err)
                 if not (moved and retry and attempt < len(self.targets)):
                     raise
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def _follow(self, err: grpc.RpcError) -> bool:
         """Switch address after an UNAVAILABLE answer; False when there is
@@ -138,16 +157,24 @@ class XinheClient:
     def _stream(self, name: str, request) -> Iterator:
         """A server stream of JobService ``name``, moved to the leader when the
         call is refused before its first message (later errors propagate)."""
-        for attempt in range(len(self.targets) + 1):
+        waited, pause = 0.0, 0.05
+        attempt = 0
+        while True:
             call = getattr(self.jobs, name)(request, metadata=self._metadata)
             try:
                 first = next(call)
             except StopIteration:
                 return
             except grpc.RpcError as err:
+                unavailable = err.code() == grpc.StatusCode.UNAVAILABLE
+                if unavailable and _electing(err) and waited < self.failover_wait_s:
+                    time.sleep(pause)
+                    waited, pause = waited + pause, min(pause * 2, 1.0)
+                    continue
                 last = attempt == len(self.targets)
-                if err.code() != grpc.StatusCode.UNAVAILABLE or last or not self._follow(err):
+                if not unavailable or last or not self._follow(err):
                     raise
+                attempt += 1
                 continue
             yield first
             yield from call
@@ -167,6 +194,20 @@ class XinheClient:
         return self._call(self.jobs.SubmitJob,
                           jobs_pb2.SubmitJobRequest(spec=spec, client_key=client_key),
                           retry=bool(client_key))
+
+    def submit_many(self, specs: Sequence[common_pb2.JobSpec],
+                    keys: Sequence[str] | None = None) -> list[jobs_pb2.SubmitJobResult]:
+        """SubmitJobs: one result per spec, in order (``error_code`` 0 =
+        accepted; else ``error_message`` names ``requests[i].<field>``).
+        ``keys``: one idempotency key per spec; with a key for every spec
+        the call is retried on failover like SubmitJob."""
+        if keys is not None and len(keys) != len(specs):
+            raise ValueError(f"{len(keys)} keys for {len(specs)} specs")
+        keys = list(keys) if keys is not None else [""] * len(specs)
+        request = jobs_pb2.SubmitJobsRequest(requests=[
+            jobs_pb2.SubmitJobRequest(spec=spec, client_key=key)
+            for spec, key in zip(specs, keys, strict=True)])
+        return list(self._call(self.jobs.SubmitJobs, request, retry=all(keys)).results)
 
     def get(self, job_id: str) -> common_pb2.Job:
         return self._call(self.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 
 from controlplane.model.spec import SpecError
-from controlplane.store.base import ConflictError, NotFoundError, StoreError
+from controlplane.store.base import ConflictError, FencedError, NotFoundError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(exc) or "not found"
     if isinstance(exc, ConflictError):
         return grpc.StatusCode.ABORTED, str(exc) or "concurrent update; retry"
+    if isinstance(exc, FencedError):
+        return grpc.StatusCode.UNAVAILABLE, "this replica no longer leads; retry (on the leader)"
     if isinstance(exc, StoreError):
         return grpc.StatusCode.UNAVAILABLE, "store unavailable; retry later"
     return grpc.StatusCode.INTERNAL, "internal error"

@@ -1,19 +1,31 @@
 """TLS and mutual TLS for the gRPC API and the agent stream.
 
-Files are read and checked once, at startup, so a missing file, an unreadable
+Files are read and checked at startup, so a missing file, an unreadable
 one or a key that does not belong to its certificate stops ``xinhe server``
 (or an agent, or a client) with one clear line instead of failing every
 handshake later. The check uses the standard library's ``ssl`` module, so TLS
 needs no extra runtime dependency.
+
+The server follows certificate rotation without a restart (cert-manager
+rewrites the files in place): before each new connection's handshake it
+looks at the files' modification stamps and, when they changed, serves the
+new certificate, key and CA from then on. A rotation caught half-way (a new
+certificate beside the old key) keeps the previous files in service until
+the set is consistent again. Connections already open keep theirs.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+
+log = logging.getLogger(__name__)
 
 
 class TLSError(ValueError):
@@ -79,8 +91,61 @@ def server_credentials(cert_file: str | Path | None, key_file: str | Path | None
             raise TLSError("--tls-ca needs --tls-cert and --tls-key on the server")
         return None
     ca = _check_ca(ca_file) if ca_file else None
-    return grpc.ssl_server_credentials([pair], root_certificates=ca,
-                                       require_client_auth=ca is not None)
+    files = ReloadingCertificates(cert_file, key_file, ca_file)
+    initial = grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
+    return grpc.dynamic_ssl_server_credentials(initial, files.fetch,
+                                               require_client_authentication=ca is not None)
+
+
+Stamp = tuple[tuple[int, int, int], ...]  # (inode, size, mtime_ns) per file
+
+
+class ReloadingCertificates:
+    """The server's certificate files, re-read when they change.
+
+    :meth:`fetch` is gRPC's certificate configuration fetcher, called before
+    every new connection's handshake: None keeps the configuration in
+    service, a new one replaces it. It only stats the files unless they
+    changed since the configuration in service was read.
+    """
+
+    def __init__(self, cert_file: str | Path, key_file: str | Path,
+                 ca_file: str | Path | None) -> None:
+        self.paths = tuple(str(p) for p in (cert_file, key_file, ca_file) if p)
+        self.ca_file = ca_file
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self.reloads = 0
+
+    def _stat(self) -> Stamp | None:
+        try:
+            stats = [os.stat(p) for p in self.paths]
+        except OSError:
+            return None
+        return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            stamp = self._stat()
+            if stamp is None or stamp == self._stamp:
+                return None
+            try:
+                config = self._load()
+            except TLSError as err:  # half-rotated or broken: keep serving the old set
+                log.warning("TLS files changed but cannot be used yet (%s); serving the "
+                            "previous certificate", err)
+                return None
+            if self._stat() != stamp:
+                return None  # changed while being read: take it on the next connection
+            self._stamp = stamp
+            self.reloads += 1
+        log.info("TLS certificate files changed: serving the new certificate")
+        return config
+
+    def _load(self) -> grpc.ServerCertificateConfiguration:
+        pair = _key_pair(self.paths[0], self.paths[1])
+        ca = _check_ca(self.ca_file) if self.ca_file else None
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
 
 
 def channel_credentials(ca_file: str | Path | None = None,

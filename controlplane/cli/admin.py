@@ -1,7 +1,8 @@
 """`xinhe admin`: operator tasks on the server host, against the store itself.
 
 ``xinhe admin tokens create --kind tenant --tenant lab-a`` prints a new
-token once (only its SHA-256 is stored); ``tokens list`` and ``tokens revoke
+token once (only its SHA-256 is stored); ``--kind agent --node NAME`` makes
+a join token that registers only as node NAME; ``tokens list`` and ``tokens revoke
 ID`` manage them; ``audit`` shows the audit trail. These open the store the
 server uses (``--data-dir`` / ``--store-dsn``, defaulting like ``xinhe
 server`` to XINHE_DATA_DIR / XINHE_STORE_DSN), so they work before any token
@@ -33,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     create = actions.add_parser("create", help="create a token and print it (once)")
     create.add_argument("--kind", required=True, choices=("tenant", "admin", "agent"))
     create.add_argument("--tenant", default="", help="the tenant a tenant token acts for")
+    create.add_argument("--node", default="", help="bind an agent token to this node: it "
+                                                  "registers and connects only as it "
+                                                  "(NAME.* = the nodes NAME.<anything>)")
     create.add_argument("--description", default="", help="a note for `tokens list`")
     create.set_defaults(func=_create)
     actions.add_parser("list", help="all tokens, revoked ones included").set_defaults(
@@ -89,9 +93,11 @@ def _run(args: argparse.Namespace, action) -> int:
 
 def _create(args: argparse.Namespace) -> int:
     def create(admin) -> None:
-        record, secret = admin.create(args.kind, args.tenant, args.description, _actor())
+        record, secret = admin.create(args.kind, args.tenant, args.description, _actor(),
+                                      node=args.node)
         print(f"created {record.kind} token {record.id}"
-              + (f" for tenant {record.tenant}" if record.tenant else ""), file=sys.stderr)
+              + (f" for tenant {record.tenant}" if record.tenant else "")
+              + (f" for node {record.node}" if record.node else ""), file=sys.stderr)
         print(secret)  # alone on stdout, for scripts; it is never shown again
 
     return _run(args, create)
@@ -99,11 +105,11 @@ def _create(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     def show(admin) -> None:
-        print(f"{'ID':<16} {'KIND':<7} {'TENANT':<16} {'CREATED':<21} {'REVOKED':<21} "
-              "DESCRIPTION")
+        print(f"{'ID':<16} {'KIND':<7} {'TENANT':<16} {'NODE':<16} {'CREATED':<21} "
+              f"{'REVOKED':<21} DESCRIPTION")
         for t in admin.list():
-            print(f"{t.id:<16} {t.kind:<7} {t.tenant or '-':<16} {_when(t.created_at):<21} "
-                  f"{_when(t.revoked_at):<21} {t.description}")
+            print(f"{t.id:<16} {t.kind:<7} {t.tenant or '-':<16} {t.node or '-':<16} "
+                  f"{_when(t.created_at):<21} {_when(t.revoked_at):<21} {t.description}")
 
     return _run(args, show)
 

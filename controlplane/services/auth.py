@@ -3,6 +3,10 @@
 Three kinds of token: ``tenant`` (JobService, only its own tenant's queues
 and jobs), ``admin`` (every service) and ``agent`` (AgentService only). Only
 the SHA-256 of a token is stored; the secret is shown once, at creation.
+An agent token may be bound to one node: it then registers and connects
+only as that node, so a leaked join token cannot impersonate the fleet. A
+binding ``NAME.*`` covers the nodes ``NAME.<anything>``: the per-node agents
+one Kubernetes agent process runs (agents/kubernetes/run.py names them so).
 
 The server is open (every call allowed, the embedded demo) until a token
 exists in the store or ``--auth-token`` is set; from then on every call needs
@@ -38,6 +42,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "AgentService": frozenset({AGENT, ADMIN, OPEN}),
 }
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # the tenant part of a queue
+NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")  # as agents register them
+NODE_FAMILY = ".*"  # a binding ending so covers NAME.<anything>
 MAX_DESCRIPTION = 256
 
 
@@ -48,14 +54,30 @@ class Identity:
     kind: str  # one of KINDS, or OPEN
     tenant: str = ""
     actor: str = OPEN  # how the audit names the caller
+    node: str = ""  # the only node a bound agent token may act as
 
     @property
     def tenant_scope(self) -> str | None:
         """The only tenant this caller may see, or None for all."""
         return self.tenant if self.kind == TENANT else None
 
+    def check_node(self, node: str) -> None:
+        """PermissionDenied unless this caller may act as agent of ``node``
+        (any node, unless its agent token is bound to another)."""
+        if self.node and not node_in_binding(node, self.node):
+            raise PermissionDenied(f"this agent token is bound to node {self.node!r}; "
+                                   f"it may not act as node {node!r}")
+
 
 OPEN_IDENTITY = Identity(OPEN)
+
+
+def node_in_binding(node: str, binding: str) -> bool:
+    """Whether ``node`` is the bound node, or one of a ``NAME.*`` family."""
+    if binding.endswith(NODE_FAMILY):
+        prefix = binding[:-1]  # "NAME."
+        return node.startswith(prefix) and len(node) > len(prefix)
+    return node == binding
 
 
 def hash_token(secret: str) -> str:
@@ -85,15 +107,17 @@ class TokenAdmin:
         self.audit = Auditor(store, clock)
 
     def create(self, kind: str, tenant: str = "", description: str = "",
-               actor: str = "cli") -> tuple[TokenRecord, str]:
-        """A new token and its secret (shown once, never stored)."""
-        _check_token_request(kind, tenant, description)
+               actor: str = "cli", node: str = "") -> tuple[TokenRecord, str]:
+        """A new token and its secret (shown once, never stored). ``node``
+        binds an agent token to that node."""
+        _check_token_request(kind, tenant, description, node)
         secret = secrets.token_urlsafe(32)
         record = TokenRecord(id="t-" + secrets.token_hex(6), kind=kind, tenant=tenant,
-                             description=description, created_at=self.clock())
+                             description=description, created_at=self.clock(), node=node)
         self.store.create_token(record, hash_token(secret))
         self.audit.record(actor, "tokens.create", record.id, "ok",
-                          f"kind={kind}" + (f" tenant={tenant}" if tenant else ""))
+                          f"kind={kind}" + (f" tenant={tenant}" if tenant else "")
+                          + (f" node={node}" if node else ""))
         return record, secret
 
     def list(self) -> list[TokenRecord]:
@@ -107,14 +131,19 @@ class TokenAdmin:
         return record
 
 
-def _check_token_request(kind: str, tenant: str, description: str) -> None:
+def _check_token_request(kind: str, tenant: str, description: str, node: str = "") -> None:
     if kind not in KINDS:
         raise InvalidArgument("kind", f"{kind!r} is not one of {', '.join(KINDS)}")
-    if kind == TENANT and not TENANT_RE.match(tenant):
+    if kind == TENANT and not TENANT_RE.fullmatch(tenant):
         raise InvalidArgument("tenant", f"a tenant token needs a tenant name (the first part "
                                         f"of its queues, [a-z0-9-]), got {tenant!r}")
     if kind != TENANT and tenant:
         raise InvalidArgument("tenant", f"only tenant tokens name a tenant, not {kind} tokens")
+    if node and kind != AGENT:
+        raise InvalidArgument("node", f"only agent tokens are bound to a node, not {kind} tokens")
+    if node and not NODE_RE.fullmatch(node.removesuffix(NODE_FAMILY)):
+        raise InvalidArgument("node", f"not a node name (letters, digits, '.', '_', '-'): "
+                                      f"{node!r}")
     if len(description) > MAX_DESCRIPTION:
         raise InvalidArgument("description", f"longer than {MAX_DESCRIPTION} characters")
 
@@ -175,7 +204,8 @@ class Authenticator:
             self._refuse("anonymous", method, "unknown token")
         if record.revoked_at is not None:
             self._refuse(f"token:{record.id}", method, "revoked token")
-        return Identity(record.kind, record.tenant, actor=f"token:{record.id}")
+        return Identity(record.kind, record.tenant, actor=f"token:{record.id}",
+                        node=record.node if record.kind == AGENT else "")
 
     def _refuse(self, actor: str, method: str, why: str) -> NoReturn:
         self.audit.record(actor, method, "", "unauthenticated", why)

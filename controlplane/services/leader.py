@@ -13,8 +13,12 @@ An :class:`Elector` decides; the server reacts through two callbacks,
   polling ``pg_try_advisory_lock`` every ``poll_s`` takes over within about
   one poll. The leader checks its connection every poll too and deposes
   itself on the first error, before a follower can have been elected for
-  longer than the TCP timeouts below. The scheduling epoch in the store
-  (compare-and-set on every placement) fences the remaining window.
+  longer than the TCP timeouts below. Each leader raises the store's
+  *leader term* when elected and fences its store to that term
+  (``Store.set_leader_term``): job-state writes of a deposed leader that has
+  not noticed yet fail inside their own transaction, so the window where two
+  replicas think they lead changes nothing twice. The per-job epoch
+  (compare-and-set on every placement) fences agents the same way.
 
 A Kubernetes Lease elector (``coordination.k8s.io``) would implement the same
 interface: ``start`` runs acquire/renew on a thread and calls the callbacks,
@@ -58,9 +62,11 @@ class Elector(Protocol):
     """Decides whether this replica leads. ``start`` must return promptly;
     the callbacks are called from the elector's own thread (or from
     ``start`` for :class:`AlwaysLeader`), never concurrently. ``address``
-    is what this replica advertises while it leads."""
+    is what this replica advertises while it leads; ``term`` is the leader
+    term this replica was elected in (None: no election, nothing to fence)."""
 
     address: str
+    term: int | None
 
     def start(self, on_elected: Callback, on_deposed: Callback) -> None: ...
 
@@ -78,6 +84,7 @@ class AlwaysLeader:
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self.term: int | None = None
         self._leading = False
 
     def start(self, on_elected: Callback, on_deposed: Callback) -> None:
@@ -116,6 +123,7 @@ class PostgresElector:
         self._key: int | None = None
         self._leading = False
         self._leader = ""
+        self.term: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._on_elected: Callback = lambda: None
@@ -159,9 +167,11 @@ class PostgresElector:
                 conn.execute("SELECT 1")  # the lock lives as long as this backend
                 return
             if conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]:
+                self.term = self._begin_term(conn)
                 self._publish(conn)
                 self._leading = True
-                log.info("elected leader (advertising %s)", self.address)
+                log.info("elected leader for term %s (advertising %s)", self.term,
+                         self.address)
                 self._on_elected()
             else:
                 row = conn.execute("SELECT address FROM leader WHERE id = 1").fetchone()
@@ -188,6 +198,14 @@ class PostgresElector:
                 " || coalesce(current_schema(), ''), 0)").fetchone()[0]
             self._conn = conn
         return self._conn
+
+    @staticmethod
+    def _begin_term(conn: psycopg.Connection) -> int:
+        """Raise the store's leader term (held under the lock): from its
+        commit on, writes fenced to an earlier term are refused. Waits for
+        fenced writes in flight (they hold the row FOR SHARE)."""
+        return conn.execute("UPDATE leader_term SET term = term + 1 WHERE id = 1"
+                            " RETURNING term").fetchone()[0]
 
     def _publish(self, conn: psycopg.Connection) -> None:
         conn.execute("INSERT INTO leader (id, address, since) VALUES (1, %s, %s)"

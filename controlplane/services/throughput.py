@@ -16,25 +16,33 @@ reference chip, which the scheduler core takes as ``PendingJob.speed``:
 Models never measured for a type keep the catalogue prior. The job type is
 ``JobSpec.job_type`` or, when empty, the job's name.
 
-Kept in memory only (and the latest progress per job with it): a restarted
-control plane relearns within a few reports of the running jobs, which is
-simpler than persisting a table whose figures go stale anyway. Thread-safe.
+The rates live in memory and are written to the store in batches
+(``throughput_persist``: changed rates at most every few seconds, not per
+report) and loaded at start and by a newly elected leader, so a restart
+does not forget what the fleet measured. The latest progress per job is
+memory only: jobs that end are dropped (``retain_jobs``) and a hard cap
+(least recently updated first) bounds it whatever happens. Thread-safe.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 from controlplane.model.catalogue import Catalogue
+from controlplane.store.base import ThroughputRecord
 from xinhe.v1 import common_pb2
 
 ALPHA = 0.3  # weight of the newest report in the moving average
 # A type's factors are republished (pending jobs re-translated) only when one
 # moved by more than this fraction, or a model was measured for the first time.
 MEANINGFUL_CHANGE = 0.05
+# At most this many jobs' latest progress is kept (least recently updated
+# dropped first): a safety net behind ``retain_jobs``.
+MAX_TRACKED_JOBS = 50_000
 
 
 def job_type(spec: common_pb2.JobSpec) -> str:
@@ -66,19 +74,28 @@ class Latest:
 class ThroughputTable:
     """Learned rates and derived per-type speed factors."""
 
-    def __init__(self, catalogue: Catalogue) -> None:
+    def __init__(self, catalogue: Catalogue, max_jobs: int = MAX_TRACKED_JOBS) -> None:
         self.catalogue = catalogue
+        self.max_jobs = max_jobs
         self._lock = threading.Lock()
         self._rates: dict[tuple[str, str], Rate] = {}
+        # The same rates per type, models in first-measured order (a report
+        # recomputes its type's factors without scanning every type).
+        self._by_kind: dict[str, dict[str, Rate]] = {}
+        self._ordinals: dict[tuple[str, str], int] = {}  # first-measured order
+        self._next_ordinal = 1
+        self._dirty: dict[tuple[str, str], float] = {}  # changed since saved: when
         self._factors: dict[str, tuple[tuple[str, float], ...]] = {}
-        self._latest: dict[str, Latest] = {}
+        self._latest: OrderedDict[str, Latest] = OrderedDict()
+        self._checkpoints: dict[str, float] = {}  # job -> last completed checkpoint
         # Called with a job type whose factors changed meaningfully (the
         # pending queue re-translates that type's queued jobs).
         self.on_change: Callable[[str], None] | None = None
 
-    def record(self, kind: str, model: str, steps_per_second: float) -> bool:
-        """Add one report of ``kind`` on ``model``; True when the type's
-        factors changed meaningfully (and ``on_change`` was called).
+    def record(self, kind: str, model: str, steps_per_second: float, now: float = 0.0) -> bool:
+        """Add one report of ``kind`` on ``model`` made at ``now`` (stored
+        with the rate); True when the type's factors changed meaningfully
+        (and ``on_change`` was called).
 
         Zero, negative and non-finite rates carry no speed information and
         are ignored (a job that has not started stepping reports 0)."""
@@ -88,11 +105,16 @@ class ThroughputTable:
         chip = self.catalogue.find_model(model)
         model = chip.model if chip else model
         with self._lock:
-            rate = self._rates.get((kind, model))
+            key = (kind, model)
+            rate = self._rates.get(key)
             if rate is None:
-                self._rates[(kind, model)] = Rate(steps_per_second)
+                self._rates[key] = self._by_kind.setdefault(kind, {})[model] = Rate(
+                    steps_per_second)
+                self._ordinals[key] = self._next_ordinal
+                self._next_ordinal += 1
             else:
                 rate.add(steps_per_second)
+            self._dirty[key] = now
             new = self._compute(kind)
             changed = _meaningful(self._factors.get(kind, ()), new)
             if changed:
@@ -109,24 +131,83 @@ class ThroughputTable:
     def rates(self, kind: str) -> dict[str, float]:
         """Model -> learned steps/s of ``kind``."""
         with self._lock:
-            return {m: r.steps_per_second for (k, m), r in self._rates.items() if k == kind}
+            return {m: r.steps_per_second for m, r in self._by_kind.get(kind, {}).items()}
 
     def note_progress(self, job_id: str, step: int, steps_per_second: float,
                       now: float) -> None:
         with self._lock:
             self._latest[job_id] = Latest(step, steps_per_second, now)
+            self._latest.move_to_end(job_id)
+            while len(self._latest) > self.max_jobs:
+                self._latest.popitem(last=False)
+
+    def retain_jobs(self, keep: Container[str]) -> int:
+        """Forget the progress of every job not in ``keep`` (jobs that
+        ended); returns how many were dropped."""
+        with self._lock:
+            gone = [job_id for job_id in self._latest if job_id not in keep]
+            for job_id in gone:
+                del self._latest[job_id]
+            for job_id in [j for j in self._checkpoints if j not in keep]:
+                del self._checkpoints[job_id]
+        return len(gone)
+
+    def tracked_jobs(self) -> int:
+        with self._lock:
+            return len(self._latest)
+
+    # -- persistence (see throughput_persist) ---------------------------------
+    def take_changed(self) -> list[ThroughputRecord]:
+        """The rates changed since the last call, as records; they count as
+        saved from now on (``mark_changed`` gives them back on a failure)."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+            return [ThroughputRecord(k, m, self._rates[(k, m)].steps_per_second,
+                                     self._rates[(k, m)].reports, self._ordinals[(k, m)], at)
+                    for (k, m), at in sorted(dirty.items(), key=lambda i: self._ordinals[i[0]])]
+
+    def mark_changed(self, records: Sequence[ThroughputRecord]) -> None:
+        """Records whose save failed: saved again next time (newer changes win)."""
+        with self._lock:
+            for r in records:
+                self._dirty.setdefault((r.job_type, r.model), r.updated_at)
+
+    def restore(self, records: Sequence[ThroughputRecord]) -> None:
+        """Replace the learned rates with stored ones (in ``ordinal`` order)
+        and republish every type's factors. ``on_change`` is not called: the
+        caller re-translates the queue after loading."""
+        with self._lock:
+            self._rates, self._by_kind, self._ordinals, self._dirty = {}, {}, {}, {}
+            for r in sorted(records, key=lambda r: r.ordinal):
+                key = (r.job_type, r.model)
+                rate = self._rates[key] = Rate(r.steps_per_second, r.reports)
+                self._by_kind.setdefault(r.job_type, {})[r.model] = rate
+                self._ordinals[key] = r.ordinal
+            self._next_ordinal = max(self._ordinals.values(), default=0) + 1
+            self._factors = {kind: factors(rates, self.catalogue)
+                             for kind, rates in self._by_kind.items()}
 
     def latest(self, job_id: str) -> Latest | None:
         with self._lock:
             return self._latest.get(job_id)
 
+    def note_checkpoint(self, job_id: str, at: float) -> None:
+        """The job's newest completed checkpoint (epoch seconds); never goes back."""
+        with self._lock:
+            self._checkpoints[job_id] = max(at, self._checkpoints.get(job_id, at))
+
+    def last_checkpoint(self, job_id: str) -> float | None:
+        """When the job last completed a checkpoint, as its agent saw it."""
+        with self._lock:
+            return self._checkpoints.get(job_id)
+
     def forget_job(self, job_id: str) -> None:
         with self._lock:
             self._latest.pop(job_id, None)
+            self._checkpoints.pop(job_id, None)
 
     def _compute(self, kind: str) -> tuple[tuple[str, float], ...]:
-        rates = {m: r for (k, m), r in self._rates.items() if k == kind}
-        return factors(rates, self.catalogue)
+        return factors(self._by_kind.get(kind, {}), self.catalogue)
 
 
 def factors(rates: dict[str, Rate], catalogue: Catalogue) -> tuple[tuple[str, float], ...]:

@@ -25,6 +25,12 @@ class StoreSettings(Protocol):
     @property
     def data_dir(self) -> Path: ...
 
+    # Optional (default DEFAULT_TIMEOUT_S): ``store_timeout_s``, the longest
+    # a PostgreSQL store call waits for the database.
+
+
+DEFAULT_TIMEOUT_S = 5.0
+
 
 def is_postgres_dsn(dsn: str) -> bool:
     return dsn.startswith(POSTGRES_SCHEMES)
@@ -50,7 +56,8 @@ def open_store(settings_or_dsn: StoreSettings | str) -> Store:
     if is_postgres_dsn(dsn):
         from controlplane.store.postgres import PostgresStore
 
-        return PostgresStore(dsn)
+        timeout = float(getattr(settings_or_dsn, "store_timeout_s", DEFAULT_TIMEOUT_S))
+        return PostgresStore(dsn, op_timeout=timeout)
     if dsn.startswith("sqlite:///"):
         return _sqlite(Path(dsn.removeprefix("sqlite://")))
     raise ValueError(f"unsupported store DSN {_redact(dsn)!r}: use postgresql://... "

@@ -28,6 +28,11 @@ class ConflictError(StoreError):
     """A guarded update lost: the job was not in the expected state/epoch."""
 
 
+class FencedError(StoreError):
+    """A write from a deposed leader: another replica was elected since this
+    one's term began (see :meth:`Store.set_leader_term`). Nothing was written."""
+
+
 @dataclass(frozen=True)
 class Transition:
     """One state change of one job, applied atomically with its event.
@@ -49,6 +54,8 @@ class Transition:
     expect_epoch: int | None = None
     updates: common_pb2.Job | None = None
     clear_placement: bool = False
+    # Clear the migration pin (Job.placement_target): the job runs on its target.
+    clear_placement_target: bool = False
     # Start a new attempt with a fresh fencing epoch (placement, retry).
     new_epoch: bool = False
     increment_attempt: bool = False
@@ -65,6 +72,7 @@ class TokenRecord:
     description: str
     created_at: float
     revoked_at: float | None = None
+    node: str = ""  # the only node an agent token may act as; "" = any node
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,18 @@ class AuditRecord:
     target: str
     outcome: str  # "ok" | "denied"
     detail: str
+
+
+@dataclass(frozen=True)
+class ThroughputRecord:
+    """Learned speed of one job type on one chip model (services/throughput.py)."""
+
+    job_type: str
+    model: str
+    steps_per_second: float  # exponentially weighted
+    reports: int
+    ordinal: int  # order of first measurement among all records (the factors' anchor)
+    updated_at: float
 
 
 @dataclass(frozen=True)
@@ -177,9 +197,11 @@ class Store(ABC):
 
     @abstractmethod
     def update_replica(self, ref: agent_pb2.ReplicaRef, state: int, exit_code: int,
-                       message: str) -> ReplicaRecord | None:
+                       message: str, node: str | None = None) -> ReplicaRecord | None:
         """Record a replica's reported state. Returns None (and changes
-        nothing) when no row matches ref's job, attempt, rank and epoch."""
+        nothing) when no row matches ref's job, attempt, rank and epoch, or,
+        with ``node``, when the row is placed on another node (an agent
+        reports only on its own node's replicas)."""
 
     # -- logs ---------------------------------------------------------------
     @abstractmethod
@@ -240,6 +262,24 @@ class Store(ABC):
     @abstractmethod
     def audit_events(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         """Audit records with seq > after_seq, oldest first."""
+
+    # -- learned throughput -----------------------------------------------------
+    @abstractmethod
+    def save_throughput(self, records: Sequence[ThroughputRecord]) -> None:
+        """Insert or replace these (job type, model) rates, in ONE transaction."""
+
+    @abstractmethod
+    def load_throughput(self) -> list[ThroughputRecord]:
+        """Every stored rate, by ``ordinal`` (first measured first)."""
+
+    # -- leadership -----------------------------------------------------------
+    @abstractmethod
+    def set_leader_term(self, term: int | None) -> None:
+        """Fence this store's job-state writes to leader term ``term`` (None:
+        unfenced). While set, ``apply`` and ``update_replica`` check, inside
+        their transaction, that the store's term is still ``term`` and raise
+        FencedError otherwise, so a leader that lost its election without
+        noticing yet cannot change jobs the new leader now owns."""
 
     # -- lifecycle ----------------------------------------------------------
     @abstractmethod

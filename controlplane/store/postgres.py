@@ -18,11 +18,19 @@ many connections write at once instead of one locked connection:
 
 psycopg errors surface as :class:`StoreError`; a refused transition rolls
 back the whole batch.
+
+Every call is bounded by ``op_timeout`` while the database is away: waiting
+for a pooled connection (the pool reconnecting in the background), each
+connection attempt, and unacknowledged traffic on an open connection (TCP
+user timeout) all give up within it, so a down or unreachable database is a
+StoreError (UNAVAILABLE to clients) in seconds, not a hung call. A call that
+fails rolls back: nothing half-written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +41,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from controlplane.store.base import (
     ConflictError,
+    FencedError,
     NotFoundError,
     StoreError,
     Transition,
@@ -54,6 +63,17 @@ Cursor = psycopg.Cursor[Any]
 
 
 
+def connection_options(op_timeout: float) -> dict[str, Any]:
+    """libpq options of pooled connections that bound a call to about
+    ``op_timeout`` seconds when the database goes away: the connect timeout
+    (whole seconds, 2 at least, as libpq counts them) and the TCP user
+    timeout (data sent but not acknowledged, e.g. a server behind a dead link)."""
+    return {"autocommit": True, "connect_timeout": max(2, math.ceil(op_timeout)),
+            "tcp_user_timeout": max(1000, round(op_timeout * 1000)),
+            "keepalives": 1, "keepalives_idle": max(1, math.ceil(op_timeout)),
+            "keepalives_interval": 1, "keepalives_count": 3}
+
+
 def _lock_jobs(cur: Cursor, job_ids: Iterable[str]) -> None:
     """Serialise writers of these jobs' logs (see module doc);
     taken in sorted order so two writers cannot deadlock."""
@@ -66,19 +86,22 @@ class PostgresStore(TokensAndAudit, SqlStore):
     """:class:`Store` on PostgreSQL. ``dsn`` is a libpq URI or key=value string
     (``postgresql://user@host:5432/db``); ``schema`` (created if missing) keeps
     the tables apart from others in the same database; ``pool_size`` bounds
-    the connections this store holds."""
+    the connections this store holds; ``op_timeout`` bounds each call while
+    the database is unreachable (see the module doc)."""
 
     PARAM = "%s"
 
     def __init__(self, dsn: str, *, schema: str | None = None, pool_size: int = 8,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, op_timeout: float = 5.0) -> None:
         if pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
+        if not op_timeout > 0:
+            raise ValueError(f"op_timeout must be positive, got {op_timeout}")
         self.schema = check_schema_name(schema) if schema else None
         self._migrate(dsn, connect_timeout)
         pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=False,
-                              kwargs={"autocommit": True}, configure=self._configure,
-                              timeout=30.0,
+                              kwargs=connection_options(op_timeout),
+                              configure=self._configure, timeout=op_timeout,
                               name=f"xinhe-store-{self.schema or 'default'}")
         try:
             pool.open(wait=True, timeout=connect_timeout)
@@ -86,6 +109,7 @@ class PostgresStore(TokensAndAudit, SqlStore):
             pool.close()
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
         self._pool: ConnectionPool | None = pool
+        self._term: int | None = None
 
     def _configure(self, conn: psycopg.Connection) -> None:
         if self.schema:
@@ -101,6 +125,23 @@ class PostgresStore(TokensAndAudit, SqlStore):
                 migrate(conn)
         except psycopg.Error as exc:
             raise StoreError(f"cannot open PostgreSQL store: {exc}") from exc
+
+    # -- leadership -------------------------------------------------------------
+    def set_leader_term(self, term: int | None) -> None:
+        """See :meth:`Store.set_leader_term`."""
+        self._term = term
+
+    def _fence(self, cur: Cursor) -> None:
+        """FOR SHARE: a newly elected leader's term increment waits for this
+        transaction, and once it commits every later fenced write sees it."""
+        term = self._term
+        if term is None:
+            return
+        row = cur.execute("SELECT term FROM leader_term WHERE id = 1 FOR SHARE").fetchone()
+        current = row[0] if row else 0
+        if current != term:
+            raise FencedError(f"leader term {term} is over (term {current} began): another "
+                              "replica leads now; this write was refused")
 
     # -- transactions ---------------------------------------------------------
     @contextmanager
@@ -184,6 +225,7 @@ class PostgresStore(TokensAndAudit, SqlStore):
         if not transitions:
             return []
         with self._tx() as cur:
+            self._fence(cur)
             ids = sorted({t.job_id for t in transitions})
             cur.execute("SELECT id FROM jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
             return [self._apply_one(cur, t, now) for t in transitions]

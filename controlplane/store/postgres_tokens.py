@@ -12,7 +12,7 @@ from psycopg import errors as pg_errors
 
 from controlplane.store.base import AuditRecord, ConflictError, NotFoundError, TokenRecord
 
-_TOKEN_COLUMNS = "id, kind, tenant, description, created_at, revoked_at"
+_TOKEN_COLUMNS = "id, kind, tenant, description, created_at, revoked_at, node"
 _AUDIT_COLUMNS = "seq, time, actor, action, target, outcome, detail"
 
 
@@ -26,9 +26,9 @@ class TokensAndAudit:
         with self._tx() as cur:
             try:
                 cur.execute(f"INSERT INTO tokens ({_TOKEN_COLUMNS}, token_hash)"
-                            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                             (token.id, token.kind, token.tenant, token.description,
-                             token.created_at, token.revoked_at, token_hash))
+                             token.created_at, token.revoked_at, token.node, token_hash))
             except pg_errors.UniqueViolation as exc:
                 raise ConflictError(f"token {token.id} already exists") from exc
         return token

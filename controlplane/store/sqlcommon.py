@@ -17,11 +17,18 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from controlplane.model import states as job_states
-from controlplane.store.base import NotFoundError, ReplicaRecord, Store, Transition
+from controlplane.store.base import (
+    NotFoundError,
+    ReplicaRecord,
+    Store,
+    ThroughputRecord,
+    Transition,
+)
 from controlplane.store.transitions import creates_replicas, seconds, timestamp, transform
 from xinhe.v1 import agent_pb2, common_pb2
 
 REPLICA_COLUMNS = "job_id, attempt, rank, epoch, node, state, exit_code, message"
+THROUGHPUT_COLUMNS = "job_type, model, steps_per_second, reports, ordinal, updated_at"
 EVENT_COLUMNS = "seq, job_id, time, from_state, to_state, kind, message, attempt"
 _LIVE_STATES = sorted(job_states.NON_TERMINAL)
 
@@ -75,6 +82,14 @@ class SqlStore(Store):
     def _tx(self, write: bool = True) -> AbstractContextManager[Any]:
         """One transaction; see the module doc."""
 
+    def set_leader_term(self, term: int | None) -> None:
+        """See :meth:`Store.set_leader_term`; a store whose database has one
+        writer by construction (SQLite) has nothing to fence."""
+
+    def _fence(self, cur: Any) -> None:
+        """Raise FencedError, in the caller's transaction, when this store's
+        leader term is stale; no-op here (see PostgresStore)."""
+
     def _sql(self, text: str) -> str:
         return text if self.PARAM == "?" else text.replace("?", self.PARAM)
 
@@ -98,8 +113,9 @@ class SqlStore(Store):
         """See :meth:`Store.find_job_by_key`; an empty key finds nothing."""
         if not client_key:
             return None
-        row = self._row("SELECT data FROM jobs WHERE tenant = ? AND client_key = ?",
-                        (tenant, client_key))
+        # "client_key != ''" lets the partial key index answer (no table scan).
+        row = self._row("SELECT data FROM jobs WHERE tenant = ? AND client_key = ?"
+                        " AND client_key != ''", (tenant, client_key))
         return common_pb2.Job.FromString(row[0]) if row else None
 
     def list_jobs(self, *, tenant: str | None = None, states: Iterable[int] = (),
@@ -210,13 +226,16 @@ class SqlStore(Store):
         return [ReplicaRecord(*row) for row in rows]
 
     def update_replica(self, ref: agent_pb2.ReplicaRef, state: int, exit_code: int,
-                       message: str) -> ReplicaRecord | None:
+                       message: str, node: str | None = None) -> ReplicaRecord | None:
+        sql = ("UPDATE replicas SET state = ?, exit_code = ?, message = ? WHERE job_id = ?"
+               " AND attempt = ? AND rank = ? AND epoch = ?")
+        params: list = [state, exit_code, message, ref.job_id, ref.attempt, ref.rank, ref.epoch]
+        if node is not None:
+            sql += " AND node = ?"
+            params.append(node)
         with self._tx() as cur:
-            row = self._run(
-                cur, "UPDATE replicas SET state = ?, exit_code = ?, message = ? WHERE job_id = ?"
-                f" AND attempt = ? AND rank = ? AND epoch = ? RETURNING {REPLICA_COLUMNS}",
-                (state, exit_code, message, ref.job_id, ref.attempt, ref.rank, ref.epoch),
-            ).fetchone()
+            self._fence(cur)
+            row = self._run(cur, f"{sql} RETURNING {REPLICA_COLUMNS}", params).fetchone()
         return ReplicaRecord(*row) if row else None
 
     # -- logs -----------------------------------------------------------------
@@ -254,3 +273,25 @@ class SqlStore(Store):
     def list_nodes(self) -> list[common_pb2.Node]:
         rows = self._rows("SELECT data, cordoned, cordon_reason FROM nodes ORDER BY name")
         return [node_from_row(row) for row in rows]
+
+    # -- learned throughput -----------------------------------------------------
+    def save_throughput(self, records: Sequence[ThroughputRecord]) -> None:
+        """See :meth:`Store.save_throughput`; the first ordinal of a row is kept.
+        Fenced like job writes: a deposed leader cannot overwrite what the
+        new one learned with its older figures."""
+        if not records:
+            return
+        with self._tx() as cur:
+            self._fence(cur)
+            cur.executemany(self._sql(
+                f"INSERT INTO throughput ({THROUGHPUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (job_type, model) DO UPDATE SET"
+                " steps_per_second = excluded.steps_per_second, reports = excluded.reports,"
+                " updated_at = excluded.updated_at"),
+                [(r.job_type, r.model, r.steps_per_second, r.reports, r.ordinal, r.updated_at)
+                 for r in records])
+
+    def load_throughput(self) -> list[ThroughputRecord]:
+        rows = self._rows(f"SELECT {THROUGHPUT_COLUMNS} FROM throughput"
+                          " ORDER BY ordinal, job_type, model")
+        return [ThroughputRecord(*row) for row in rows]

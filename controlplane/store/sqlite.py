@@ -38,10 +38,16 @@ from controlplane.store.sqlcommon import (
 from controlplane.store.sqlite_schema import configure, migrate
 from xinhe.v1 import common_pb2
 
-_TOKEN_COLUMNS = "id, kind, tenant, description, created_at, revoked_at"
+_TOKEN_COLUMNS = "id, kind, tenant, description, created_at, revoked_at, node"
 _AUDIT_COLUMNS = "seq, time, actor, action, target, outcome, detail"
 
 
+
+
+# The key index is partial (WHERE client_key != ''): SQLite uses it only
+# when the query repeats that condition, else every submission scans the
+# whole jobs table.
+KEY_LOOKUP = "SELECT data FROM jobs WHERE tenant = ? AND client_key = ? AND client_key != ''"
 
 
 class SqliteStore(SqlStore):
@@ -134,8 +140,7 @@ class SqliteStore(SqlStore):
         with self._tx() as conn:
             for stored in prepared:
                 if stored.client_key:
-                    row = conn.execute("SELECT data FROM jobs WHERE tenant = ? AND client_key = ?",
-                                       (stored.tenant, stored.client_key)).fetchone()
+                    row = conn.execute(KEY_LOOKUP, (stored.tenant, stored.client_key)).fetchone()
                     if row is not None:
                         out.append((common_pb2.Job.FromString(row[0]), False))
                         continue
@@ -202,9 +207,9 @@ class SqliteStore(SqlStore):
         try:
             with self._tx() as conn:
                 conn.execute(f"INSERT INTO tokens ({_TOKEN_COLUMNS}, token_hash)"
-                             " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (token.id, token.kind, token.tenant, token.description,
-                              token.created_at, token.revoked_at, token_hash))
+                              token.created_at, token.revoked_at, token.node, token_hash))
         except StoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise ConflictError(f"token {token.id} already exists") from exc

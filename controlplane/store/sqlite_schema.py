@@ -121,6 +121,33 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             since   REAL NOT NULL
         )""",
     ),
+    # 5: an agent token may be bound to one node: it registers and connects
+    # only as that node ('' = unbound, any node). The leader term, raised by
+    # each newly elected leader, fences a deposed one's writes (PostgreSQL;
+    # SQLite has one leader by construction and keeps it at 0).
+    (
+        "ALTER TABLE tokens ADD COLUMN node TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE leader_term (
+            id   INTEGER PRIMARY KEY CHECK (id = 1),
+            term INTEGER NOT NULL
+        )""",
+        "INSERT INTO leader_term (id, term) VALUES (1, 0)",
+    ),
+    # 6: learned throughput per (job type, chip model) (services/throughput.py),
+    # so a restarted or newly elected control plane keeps what it learned.
+    # ``ordinal``: the order models were first measured for a type (the
+    # anchor of its speed factors).
+    (
+        """CREATE TABLE IF NOT EXISTS throughput (
+            job_type         TEXT    NOT NULL,
+            model            TEXT    NOT NULL,
+            steps_per_second REAL    NOT NULL,
+            reports          INTEGER NOT NULL,
+            ordinal          INTEGER NOT NULL,
+            updated_at       REAL    NOT NULL,
+            PRIMARY KEY (job_type, model)
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

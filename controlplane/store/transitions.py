@@ -103,6 +103,8 @@ def transform(job: common_pb2.Job, t: Transition, now: float,
     from_state = job.state
     if t.clear_placement:
         job.ClearField("placement")
+    if t.clear_placement_target:
+        job.ClearField("placement_target")
     if t.updates is not None:
         merge_updates(job, t.updates)
     if t.new_epoch:

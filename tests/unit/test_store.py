@@ -802,3 +802,67 @@ def test_open_store_refuses_other_dsns_without_leaking_passwords(tmp_path: Path)
     with pytest.raises(ValueError, match=r"mysql://admin:\*\*\*@db/x") as info:
         open_configured_store(_Settings(tmp_path, "mysql://admin:hunter2@db/x"))
     assert "hunter2" not in str(info.value)
+
+
+# -- agent tokens bound to a node (migration 5) ------------------------------------
+def test_agent_tokens_keep_their_node_binding(store: Store) -> None:
+    bound = TokenRecord(id="t-1", kind="agent", tenant="", description="", created_at=T0,
+                        node="gpu-17")
+    store.create_token(bound, "a" * 64)
+    store.create_token(token("t-2", kind="agent", tenant=""), "b" * 64)
+    assert store.find_token("a" * 64) == bound
+    assert store.find_token("b" * 64).node == ""
+    assert [t.node for t in store.list_tokens()] == ["gpu-17", ""]
+    assert store.revoke_token("t-1", T0 + 1).node == "gpu-17"
+
+
+def test_a_report_on_another_nodes_replica_changes_nothing(store: Store) -> None:
+    submit(store, "j-1", replicas=2)
+    [placed] = store.apply([place("j-1", "n1", "n2")], T0)
+    before = snapshot(store, "j-1")
+    assert store.update_replica(ref(placed, rank=1), agent_pb2.REPLICA_STATE_SUCCEEDED, 0, "",
+                                node="n1") is None
+    assert snapshot(store, "j-1") == before
+    row = store.update_replica(ref(placed, rank=1), agent_pb2.REPLICA_STATE_RUNNING, 0, "",
+                               node="n2")
+    assert (row.node, row.state) == ("n2", agent_pb2.REPLICA_STATE_RUNNING)
+
+
+def _version_4_token_row(conn: sqlite3.Connection | psycopg.Connection, param: str) -> None:
+    conn.execute("INSERT INTO tokens (id, kind, tenant, token_hash, description, created_at)"
+                 f" VALUES ({', '.join([param] * 6)})",
+                 ("t-old", "agent", "", "c" * 64, "before migration 5", T0))
+
+
+def test_sqlite_migration_5_keeps_older_tokens_unbound(tmp_path: Path) -> None:
+    from controlplane.store.sqlite_schema import MIGRATIONS
+
+    path = tmp_path / "v4.db"
+    with sqlite3.connect(path) as conn:
+        for statement in itertools.chain.from_iterable(MIGRATIONS[:4]):
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 4")
+        _version_4_token_row(conn, "?")
+    with SqliteStore(path) as store:
+        old = store.find_token("c" * 64)
+        assert (old.id, old.kind, old.node) == ("t-old", "agent", "")
+
+
+def test_postgres_migration_5_keeps_older_tokens_unbound(scratch: ScratchSchemas) -> None:
+    from controlplane.store.postgres_schema import MIGRATIONS
+
+    schema = scratch.name("v4")
+    with psycopg.connect(scratch.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"SET search_path TO {schema}")
+        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+                     " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        for version, statements in enumerate(MIGRATIONS[:4], start=1):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        _version_4_token_row(conn, "%s")
+    with PostgresStore(scratch.dsn, schema=schema, pool_size=1) as store:
+        old = store.find_token("c" * 64)
+        assert (old.id, old.kind, old.node) == ("t-old", "agent", "")
+    assert _applied_versions(scratch.dsn, schema)[:5] == [1, 2, 3, 4, 5]
