@@ -5,11 +5,15 @@ stop reaches every process the job forked: SIGTERM to the group, SIGKILL
 after the grace period. When the leader exits, whatever it left behind in
 its group is killed too: a finished replica must release its devices.
 
-Output is pumped from pipes by two reader threads and handed on in chunks
-of at most ``CHUNK_BYTES``; the final state is reported only after both
-pipes are drained, so a consumer sees every byte before the verdict. A
-third thread waits for exit (blocking, no polling). Nothing here knows about
-protobuf: the agent translates.
+Each replica runs under a tiny wrapper (replica_wrapper.py) that records
+the command's exit status in a file, and writes its output into files that
+two tail threads follow (replica_output.py): unlike pipes, both survive the
+agent, so an agent restarted on the node re-adopts the replica from its
+restart journal (journal.py, adopted.py) and still reports its true end.
+Output is handed on in chunks of at most ``CHUNK_BYTES``; the final state is
+reported only after both files are drained, so a consumer sees every byte
+before the verdict. A third thread waits for exit (blocking, no polling).
+Nothing here knows about protobuf: the agent translates.
 """
 
 from __future__ import annotations
@@ -18,20 +22,27 @@ import contextlib
 import enum
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
+from agents.journal import JournalEntry, ReplicaJournal, process_start_time
+from agents.replica_output import CHUNK_BYTES, EXIT_FILE, STREAMS, OutputTail
+from agents.signals import ASK_SIGNALS, ask_group
 from controlplane.model.catalogue import Catalogue, default_catalogue
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 64 * 1024
+__all__ = ["CHUNK_BYTES"]  # re-exported: other backends chunk output the same
 READER_JOIN_SECONDS = 5.0
+WRAPPER = Path(__file__).with_name("replica_wrapper.py")
 # Names the launcher owns; inherited values would mislead the job.
 TORCH_DIST_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
 
@@ -68,6 +79,9 @@ class ReplicaSpec:
     model: str = ""
     device_indices: tuple[int, ...] = ()
     epoch: int = 0  # fencing epoch of the assignment (labels a pod)
+    cpu_millis: int = 0  # CPU to reserve (pods request it; processes ignore it)
+    memory_bytes: int = 0  # host memory to reserve (pods request it)
+    image: str = ""  # container image (pods; "" = the executor's default)
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -95,10 +109,13 @@ class ReplicaProcess:
 
     def __init__(self, spec: ReplicaSpec, env: Mapping[str, str], cwd: Path,
                  on_state: StateCallback, on_output: OutputCallback | None = None,
-                 runtime_grace: float = 10.0) -> None:
+                 runtime_grace: float = 10.0, output_dir: Path | None = None,
+                 on_spawn: Callable[[ReplicaProcess], None] | None = None) -> None:
         self.spec = spec
         self.env = dict(env)
         self.cwd = cwd
+        self.output_dir = output_dir or cwd / ".xinhe-output"
+        self._on_spawn = on_spawn
         self._on_state = on_state
         self._on_output = on_output
         self._runtime_grace = runtime_grace
@@ -108,7 +125,8 @@ class ReplicaProcess:
         self._stop_reason: str | None = None
         self._expired = False
         self._timers: list[threading.Timer] = []
-        self._readers: list[threading.Thread] = []
+        self._readers: list[OutputTail] = []
+        self._exited = threading.Event()
         self._done = threading.Event()
         self.phase: ReplicaPhase | None = None
         self.returncode: int | None = None
@@ -126,10 +144,7 @@ class ReplicaProcess:
         self._report(ReplicaPhase.STARTING, 0, "")
         try:
             self.cwd.mkdir(parents=True, exist_ok=True)
-            popen = subprocess.Popen(
-                list(self.spec.command), cwd=self.cwd, env=self.env,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, bufsize=0)
+            popen = self._spawn()
         except (OSError, ValueError, subprocess.SubprocessError) as err:
             log.warning("replica %s could not start: %s", self.spec.label, err)
             self._finish(ReplicaPhase.FAILED, 127, f"could not start: {err}")
@@ -140,10 +155,16 @@ class ReplicaProcess:
         if stopped_early:
             self._terminate(0)
         log.info("replica %s started, pid %d", self.spec.label, popen.pid)
+        if self._on_spawn is not None:  # journalled before RUNNING is reported
+            try:
+                self._on_spawn(self)
+            except Exception:
+                log.exception("journal entry for %s failed", self.spec.label)
         self._report(ReplicaPhase.RUNNING, 0, "")
-        assert popen.stdout is not None and popen.stderr is not None
-        self._readers = [self._thread(self._pump, popen.stdout, "stdout"),
-                         self._thread(self._pump, popen.stderr, "stderr")]
+        self._readers = [OutputTail(self.output_dir, stream, self._emit_output, self._exited)
+                         for stream in STREAMS]
+        for reader in self._readers:
+            reader.start()
         if self.spec.max_runtime:
             self._timer(self.spec.max_runtime, self._expire)
         self._thread(self._wait_for_exit, popen)
@@ -185,15 +206,22 @@ class ReplicaProcess:
             self._timers.append(timer)
         timer.start()
 
-    def _pump(self, pipe: IO[bytes], stream: str) -> None:
-        with pipe:
-            while chunk := pipe.read(CHUNK_BYTES):
-                if self._on_output is None:
-                    continue
-                try:
-                    self._on_output(self, stream, chunk)
-                except Exception:
-                    log.exception("output callback failed for %s", self.spec.label)
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """The wrapper running the command, its output going to fresh files."""
+        _check_executable(self.spec.command, self.env, self.cwd)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for name in (*STREAMS, *(f"{s}.idx" for s in STREAMS), EXIT_FILE):
+            (self.output_dir / name).unlink(missing_ok=True)
+        with open(self.output_dir / "stdout", "wb") as out, \
+                open(self.output_dir / "stderr", "wb") as err:
+            return subprocess.Popen(
+                [sys.executable, "-I", "-S", str(WRAPPER), str(self.output_dir / EXIT_FILE),
+                 *self.spec.command], cwd=self.cwd, env=self.env,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+
+    def _emit_output(self, stream: str, data: bytes) -> None:
+        if self._on_output is not None:
+            self._on_output(self, stream, data)
 
     def _expire(self) -> None:
         with self._lock:
@@ -218,7 +246,10 @@ class ReplicaProcess:
             if self._popen is None or self._reaped:
                 return
             try:
-                os.killpg(self._popen.pid, sig)
+                if sig in ASK_SIGNALS:
+                    ask_group(self._popen.pid, sig)  # never kill what does not handle it
+                else:
+                    os.killpg(self._popen.pid, sig)
             except ProcessLookupError:
                 pass
             except PermissionError as err:
@@ -235,6 +266,7 @@ class ReplicaProcess:
             timers, self._timers = self._timers, []
         for timer in timers:
             timer.cancel()
+        self._exited.set()
         for reader in self._readers:
             reader.join(READER_JOIN_SECONDS)
         self._finish(*self._outcome(returncode))
@@ -262,6 +294,21 @@ class ReplicaProcess:
             self._on_state(self, phase, code, message)
         except Exception:
             log.exception("state callback failed for %s", self.spec.label)
+
+
+def _check_executable(command: tuple[str, ...], env: Mapping[str, str], cwd: Path) -> None:
+    """Raise the error exec would, before the wrapper runs: a command that
+    cannot start fails at once, with the reason, not as a wrapper exit code."""
+    if not command:
+        raise ValueError("empty command")
+    program = command[0]
+    if os.sep in program:
+        path = Path(program) if os.path.isabs(program) else cwd / program
+        found = str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(2, "No such file or directory (or not executable)", program)
 
 
 def _signal_name(number: int) -> str:
@@ -309,12 +356,18 @@ def job_env(spec: ReplicaSpec, device_env: Mapping[str, str]) -> dict[str, str]:
 
 
 class Launcher:
-    """Renders a replica's environment and working directory, then runs it."""
+    """Renders a replica's environment and working directory, then runs it.
+
+    Every launch is written to the restart journal (``<work_dir>/journal.jsonl``)
+    before it is reported RUNNING; :meth:`recover` finds the journalled
+    replicas again after the agent restarted, :meth:`release` forgets one.
+    """
 
     def __init__(self, work_dir: str | Path, catalogue: Catalogue | None = None,
                  runtime_grace: float = 10.0) -> None:
         self.work_dir = Path(work_dir)
         self.runtime_grace = runtime_grace
+        self.journal = ReplicaJournal(self.work_dir / "journal.jsonl")
         catalogue = catalogue or default_catalogue()
         self._device_vars = frozenset(
             var for fam in catalogue.families.values()
@@ -326,16 +379,43 @@ class Launcher:
         """Start ``spec``; states and output arrive through the callbacks."""
         process = ReplicaProcess(spec, self.render_env(spec, device_env),
                                  self.replica_dir(spec), on_state, on_output,
-                                 runtime_grace=self.runtime_grace)
+                                 runtime_grace=self.runtime_grace,
+                                 output_dir=self.output_dir(spec), on_spawn=self._journal)
         process.start()
         return process
+
+    def output_dir(self, spec: ReplicaSpec) -> Path:
+        """Output files, chunk indexes and exit file of one replica (agent-owned)."""
+        return self.work_dir / "output" / _replica_name(spec)
+
+    def recover(self) -> list[JournalEntry]:
+        """The journalled replicas not released yet: alive or ended while the
+        agent was away. The agent re-adopts them (agents/adopted.py)."""
+        return self.journal.load()
+
+    def release(self, key: tuple[str, int, int]) -> None:
+        """The replica's final state is acknowledged: forget it, drop its files."""
+        self.journal.end(key)
+        job_id, attempt, rank = key
+        name = _replica_name(ReplicaSpec(job_id=job_id, attempt=attempt, rank=rank,
+                                         command=()))
+        shutil.rmtree(self.work_dir / "output" / name, ignore_errors=True)
+
+    def _journal(self, process: ReplicaProcess) -> None:
+        spec, pid = process.spec, process.pid or 0
+        self.journal.record(JournalEntry(
+            job_id=spec.job_id, attempt=spec.attempt, rank=spec.rank, epoch=spec.epoch,
+            pid=pid, start_time=process_start_time(pid) or 0,
+            output_dir=str(process.output_dir), progress_file=str(self.progress_file(spec)),
+            launched_at=time.time(), max_runtime=spec.max_runtime or 0.0,
+            device_indices=spec.device_indices, family=spec.family,
+            checkpoint_dir=spec.checkpoint_dir))
 
     def replica_dir(self, spec: ReplicaSpec) -> Path:
         """The replica's cwd: its working_dir, else one under the work dir."""
         if spec.working_dir:
             return Path(spec.working_dir)
-        safe_job = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec.job_id)
-        return self.work_dir / "replicas" / f"{safe_job}-a{spec.attempt}-r{spec.rank}"
+        return self.work_dir / "replicas" / _replica_name(spec)
 
     def render_env(self, spec: ReplicaSpec, device_env: Mapping[str, str]) -> dict[str, str]:
         """The process environment, in increasing precedence: the agent's own
@@ -352,8 +432,7 @@ class Launcher:
     def progress_file(self, spec: ReplicaSpec) -> Path:
         """Where the replica's xinhe_runtime.report_progress lines go (the
         agent tails it); one per replica and attempt, under the work dir."""
-        safe_job = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec.job_id)
-        return self.work_dir / "progress" / f"{safe_job}-a{spec.attempt}-r{spec.rank}.jsonl"
+        return self.work_dir / "progress" / f"{_replica_name(spec)}.jsonl"
 
     def _owned(self, name: str) -> bool:
         return (name.startswith("XINHE_") or name in self._device_vars
@@ -361,6 +440,11 @@ class Launcher:
 
 
 PROGRESS_ENV = "XINHE_PROGRESS_FILE"  # xinhe_runtime.PROGRESS_ENV
+
+
+def _replica_name(spec: ReplicaSpec) -> str:
+    safe_job = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec.job_id)
+    return f"{safe_job}-a{spec.attempt}-r{spec.rank}"
 
 
 def _runtime_vars(spec: ReplicaSpec) -> dict[str, str]:

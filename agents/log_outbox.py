@@ -58,6 +58,12 @@ class LogOutbox:
             self._spill()
         return chunk
 
+    def seek(self, job_id: str, attempt: int, rank: int, stream: int, offset: int) -> None:
+        """Number the stream's next chunk from ``offset``: a re-adopted replica's
+        output resumes where its file position says, not at 0."""
+        with self._lock:
+            self._next_offset[(job_id, attempt, rank, stream)] = offset
+
     def _spill(self) -> None:
         dropped = 0
         while self._bytes > self.max_bytes and self._held:

@@ -84,14 +84,15 @@ def _spawn(name: str, argv: Sequence[str], log_path: Path,
 
 def start_server(data_dir: Path, *, listen: str = "127.0.0.1:0", scheduler: str = "inline",
                  extra: Sequence[str] = (), log_dir: Path | None = None,
-                 timeout: float = 60.0) -> tuple[ManagedProcess, str]:
+                 timeout: float = 60.0,
+                 env: dict[str, str] | None = None) -> tuple[ManagedProcess, str]:
     """Start ``xinhe server``; return it and the address it listens on."""
     log_path = (log_dir or data_dir) / "server.log"
     if log_path.exists():
         log_path.rename(log_path.with_suffix(f".{int(time.time() * 1000)}.log"))
     argv = xinhe_command("--log-level", "INFO", "server", "--listen", listen,
                          "--data-dir", str(data_dir), "--scheduler", scheduler, *extra)
-    proc = _spawn("server", argv, log_path)
+    proc = _spawn("server", argv, log_path, env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         match = LISTENING.search(proc.log_text())
@@ -127,11 +128,13 @@ class LocalFleet:
     """A control plane plus agents; a context manager that always cleans up."""
 
     def __init__(self, root: Path, agents: Sequence[AgentSpec], scheduler: str = "inline",
-                 server_args: Sequence[str] = ()) -> None:
+                 server_args: Sequence[str] = (),
+                 server_env: dict[str, str] | None = None) -> None:
         self.root = root
         self.agent_specs = list(agents)
         self.scheduler = scheduler
         self.server_args = list(server_args)
+        self.server_env = dict(server_env or {})  # XINHE_* settings of the server
         self.server: ManagedProcess | None = None
         self.address = ""
         self.agents: dict[str, ManagedProcess] = {}
@@ -148,7 +151,7 @@ class LocalFleet:
         self.server, self.address = start_server(
             self.root / "data", listen=listen or (self.address or "127.0.0.1:0"),
             scheduler=self.scheduler, extra=self.server_args, log_dir=self.root / "logs",
-            timeout=timeout)
+            timeout=timeout, env=self.server_env)
 
     def stop(self) -> None:
         procs = list(self.agents.values()) + ([self.server] if self.server else [])

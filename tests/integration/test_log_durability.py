@@ -14,17 +14,35 @@ from xinhe.v1 import common_pb2
 
 J = common_pb2
 LINES = 400
-# Prints numbered lines steadily, each flushed, so output is in flight at any moment.
+PHASE = 100
+# Prints numbered lines steadily, each flushed, so output is in flight at any
+# moment; line i waits until the gate file holds at least i // PHASE, so the
+# test decides when each phase may run (a loaded machine cannot let the job
+# finish before the last kill).
 PRINTER = ("import os, sys, time\n"
            "rank = os.environ.get('XINHE_RANK', '?')\n"
+           "gate = os.environ['GATE_FILE']\n"
+           "def opened():\n"
+           "    try:\n"
+           "        return int(open(gate).read() or 0)\n"
+           "    except (OSError, ValueError):\n"
+           "        return 0\n"
            f"for i in range({LINES}):\n"
+           f"    while opened() < i // {PHASE}:\n"
+           "        time.sleep(0.02)\n"
            "    print(f'rank {rank} line {i:05d}', flush=True)\n"
            "    time.sleep(0.015)\n")
 
 
-def printer_spec(replicas: int) -> common_pb2.JobSpec:
+def open_gate(gate: Path, phase: int) -> None:
+    tmp = gate.with_suffix(".tmp")
+    tmp.write_text(str(phase))
+    tmp.replace(gate)
+
+
+def printer_spec(replicas: int, gate: Path) -> common_pb2.JobSpec:
     spec = common_pb2.JobSpec(name="numbered-lines", queue="lab-a/default", replicas=replicas,
-                              command=[sys.executable, "-c", PRINTER])
+                              command=[sys.executable, "-c", PRINTER], env={"GATE_FILE": str(gate)})
     spec.resources.accelerators = 1
     spec.reference_runtime.FromSeconds(60)
     return spec
@@ -48,9 +66,11 @@ def test_every_line_once_in_order_across_two_control_plane_kills(tmp_path: Path)
     with LocalFleet(tmp_path, agents, scheduler="inline", server_args=FAST) as fleet:
         client = XinheClient(fleet.address)
         wait_ready_nodes(client, 1)
-        job = client.submit(printer_spec(replicas=2))
+        gate = tmp_path / "gate"
+        job = client.submit(printer_spec(replicas=2, gate=gate))
         for kill in range(2):
             seen = printed(client, job.id)
+            open_gate(gate, kill + 1)
             # Kill while output flows: some lines stored, more in flight.
             wait_for(lambda s=seen, c=client: printed(c, job.id) > s + 40, 30, "more output")
             client.close()
@@ -58,7 +78,8 @@ def test_every_line_once_in_order_across_two_control_plane_kills(tmp_path: Path)
             fleet.start_server()
             client = XinheClient(fleet.address)
             wait_ready_nodes(client, 1)
-            assert kill == 0 or client.get(job.id).state != J.JOB_STATE_SUCCEEDED
+            assert client.get(job.id).state != J.JOB_STATE_SUCCEEDED
+        open_gate(gate, LINES // PHASE)
 
         done = wait_terminal(client, job.id, timeout=90)
         assert done.state == J.JOB_STATE_SUCCEEDED, done.state_reason
