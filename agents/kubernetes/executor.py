@@ -14,7 +14,8 @@ same methods: tests feed recorded API objects through a fake). Only these
 calls are made: ``list_node``, ``list_namespaced_pod``,
 ``create_namespaced_pod``, ``delete_namespaced_pod``,
 ``read_namespaced_pod_log``, ``create_namespaced_service``,
-``delete_namespaced_service``.
+``delete_namespaced_service``, and ``connect_get_namespaced_pod_exec``
+(through ``kubernetes.stream.stream``) for checkpoint requests.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agents.checkpoint import CheckpointOutcome
+from agents.kubernetes.checkpoint import request_in_pod
 from agents.kubernetes.inventory import KubernetesNodeAdapter, NodeAccelerators, NodeCache
+from agents.kubernetes.podexec import ExecResult, StreamFn, default_stream, run_in_pod
 from agents.kubernetes.pods import (
+    ANNOTATION_REPLICA,
     CONTAINER,
     ManifestError,
     PodSettings,
@@ -33,6 +38,7 @@ from agents.kubernetes.pods import (
     build_service,
     gang_name,
     owner_selector,
+    replica_record,
 )
 from agents.kubernetes.watch import (
     EXIT_COULD_NOT_START,
@@ -70,11 +76,14 @@ class KubernetesCluster:
     """What the per-node agents of one executor share."""
 
     def __init__(self, api: Any, settings: PodSettings, catalogue: Catalogue | None = None,
-                 node_ttl: float = 10.0, poll_interval: float = 1.0) -> None:
+                 node_ttl: float = 10.0, poll_interval: float = 1.0,
+                 stream: StreamFn | None = None) -> None:
         self.api = api
         self.settings = settings
+        self._stream = stream
         self.nodes = NodeCache(api.list_node, catalogue, ttl=node_ttl)
         self.monitor = PodMonitor(self._list_pods, poll_interval)
+        self.node_watch: Any = None  # a NodeWatch once the executor watches nodes
         self._lock = threading.Lock()
         self._gangs: dict[str, int] = {}
 
@@ -86,29 +95,41 @@ class KubernetesCluster:
         return self.api.list_namespaced_pod(self.namespace,
                                             label_selector=owner_selector(self.settings))
 
-    def reap_orphans(self) -> list[str]:
-        """Delete pods a previous run of this executor left behind; their names.
+    def list_pods(self) -> list[Any]:
+        """This executor's pods (by its owner labels), as the API lists them."""
+        return list(self._list_pods().items)
 
-        A restarted executor registers holding no replica, so the control
-        plane places that work again; an old pod still running would run the
-        job twice and hold its devices. (Adopting them instead is future work.)
-        """
-        names = [p.metadata.name for p in self._list_pods().items]
-        for name in names:
-            log.warning("deleting pod %s/%s left by a previous executor run",
-                        self.namespace, name)
-            try:
-                self.api.delete_namespaced_pod(name, self.namespace)
-            except Exception as err:
-                if api_status(err) != 404:
-                    raise
-        return names
+    def delete_pod(self, name: str) -> None:
+        """Delete a pod now; one already gone is fine."""
+        try:
+            self.api.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
+        except Exception as err:
+            if api_status(err) != 404:
+                raise
+
+    def close(self) -> None:
+        """Stop the pod monitor and the node watch (the agents are stopped apart)."""
+        self.monitor.close()
+        if self.node_watch is not None:
+            self.node_watch.stop()
+
+    def exec(self, pod: str, argv: Sequence[str], timeout: float) -> ExecResult:
+        """Run ``argv`` in the replica container of ``pod`` (``kubectl exec``)."""
+        if self._stream is None:
+            self._stream = default_stream()
+        return run_in_pod(self.api, self._stream, pod, self.namespace, CONTAINER, argv,
+                          timeout)
 
     def backend_for(self, node: str,
                     adapters: Sequence[KubernetesNodeAdapter]) -> NodeBackend:
         return NodeBackend(self, node, adapters)
 
     # -- gang Services: created by the first replica here, deleted with the last --
+    def adopt_gang(self, spec: ReplicaSpec) -> None:
+        """Count an adopted replica as holding its gang's (existing) Service."""
+        with self._lock:
+            self._gangs[gang_name(spec)] = self._gangs.get(gang_name(spec), 0) + 1
+
     def acquire_gang(self, spec: ReplicaSpec) -> None:
         """Ensure the gang's headless Service exists (idempotent across agents)."""
         name = gang_name(spec)
@@ -168,10 +189,20 @@ class NodeBackend:
         else:
             try:
                 manifest = build_pod(spec, device_env, acc, self.cluster.settings)
+                manifest["metadata"]["annotations"][ANNOTATION_REPLICA] = replica_record(
+                    spec, self.node)
             except ManifestError as err:
                 problem = str(err)
         replica = PodReplica(spec, manifest, self.cluster, on_state, on_output)
         replica.launch(problem)
+        return replica
+
+    def adopt(self, spec: ReplicaSpec, pod: Any, on_state: StateCallback,
+              on_output: OutputCallback | None = None) -> PodReplica:
+        """Follow an existing pod of this node (see :meth:`PodReplica.adopt`)."""
+        replica = PodReplica(spec, {"metadata": {"name": pod.metadata.name}}, self.cluster,
+                             on_state, on_output)
+        replica.adopt(pod)
         return replica
 
 
@@ -219,6 +250,24 @@ class PodReplica:
         log.info("replica %s: pod %s/%s created", self.spec.label, namespace, self.name)
         self._cluster.monitor.add(self)
 
+    def adopt(self, pod: Any) -> None:
+        """Take over ``pod``, created by an earlier run of this executor: report
+        the state it shows now (the agent registers holding it), then follow it
+        like a pod created here. Its log is read again from the start; the
+        control plane drops chunks at offsets it already stored."""
+        self._cluster.adopt_gang(self.spec)
+        self._gang_held = True
+        state = pod_state(pod)
+        if state is not None and state[0].terminal:
+            self.observe(pod)  # ended while no executor watched: report how
+        elif state is not None and state[0] is ReplicaPhase.RUNNING:
+            self._report(ReplicaPhase.RUNNING, 0, "adopted after an executor restart")
+            self._follow_logs()
+        else:
+            self._report(ReplicaPhase.STARTING, 0, state[2] if state else "")
+        if not self.done:
+            self._cluster.monitor.add(self)
+
     def observe(self, pod: Any | None) -> None:
         """Advance the replica from what its pod shows (None: the pod is gone)."""
         if self.done:
@@ -252,10 +301,27 @@ class PodReplica:
         self._delete_pod(grace)
 
     def send_signal(self, sig: int) -> None:
-        """Pods cannot be signalled without exec rights; checkpoint requests
-        reach the job through the request file in its checkpoint directory."""
-        log.info("replica %s: signal %d not delivered to pod %s (use the checkpoint file)",
-                 self.spec.label, sig, self.name)
+        """``kill -<sig> 1`` in the container (needs exec rights and a ``kill``
+        in the image); best effort, failures are logged."""
+        try:
+            result = self.exec(["kill", f"-{int(sig)}", "1"], 15.0)
+            problem = "" if result.ok else (result.error or result.stderr.strip())
+        except Exception as err:
+            problem = api_reason(err)
+        if problem:
+            log.warning("replica %s: signal %d not delivered to pod %s: %s",
+                        self.spec.label, sig, self.name, problem)
+
+    def exec(self, argv: Sequence[str], timeout: float) -> ExecResult:
+        return self._cluster.exec(self.name, argv, timeout)
+
+    def checkpoint(self, timeout: float) -> CheckpointOutcome:
+        """The checkpoint protocol through exec in the pod (see
+        :mod:`agents.kubernetes.checkpoint`); the caller stops the pod after."""
+        if self.manifest is None or self.done:
+            return CheckpointOutcome(False, "the pod is not running", 0.0)
+        return request_in_pod(self.exec, self.spec.checkpoint_dir, self.spec.attempt,
+                              lambda: self.done, timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)

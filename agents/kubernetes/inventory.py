@@ -156,12 +156,13 @@ def cluster_accelerators(nodes: Iterable[Any],
 
 
 class NodeCache:
-    """The cluster's nodes, listed at most once per ``ttl`` seconds.
+    """The cluster's nodes, listed at most once per ``ttl`` seconds, or kept
+    current by a watch (:mod:`agents.kubernetes.nodewatch`) once one feeds it.
 
-    Every per-node agent reads inventory each heartbeat; sharing one list
-    keeps the API server load at one LIST per ``ttl``, whatever the fleet size.
-    A failed LIST keeps the previous answer (devices do not vanish because
-    the API server blinked) and is logged.
+    Every per-node agent reads inventory each heartbeat; sharing one view
+    keeps the API server load at one LIST per ``ttl`` (or one WATCH),
+    whatever the fleet size. A failed LIST keeps the previous answer (devices
+    do not vanish because the API server blinked) and is logged.
     """
 
     def __init__(self, list_nodes: Callable[[], Any], catalogue: Catalogue | None = None,
@@ -173,10 +174,29 @@ class NodeCache:
         self._lock = threading.Lock()
         self._at: float | None = None
         self._nodes: dict[str, list[NodeAccelerators]] = {}
+        self.watched = False  # True once a watch keeps the view current: no LIST here
+
+    def replace(self, nodes: Iterable[Any]) -> None:
+        """The whole view from a LIST (the watch's starting point)."""
+        found = cluster_accelerators(nodes, self.catalogue)
+        with self._lock:
+            self._nodes, self._at, self.watched = found, self._clock(), True
+
+    def apply(self, event_type: str, node: Any) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED) for one Node object."""
+        name = node.metadata.name
+        found = [] if event_type == "DELETED" else accelerators_of(node, self.catalogue)
+        with self._lock:
+            if found:
+                self._nodes = {**self._nodes, name: found}
+            elif name in self._nodes:
+                self._nodes = {k: v for k, v in self._nodes.items() if k != name}
 
     def nodes(self) -> dict[str, list[NodeAccelerators]]:
         with self._lock:
             now = self._clock()
+            if self.watched:
+                return self._nodes
             if self._at is None or now - self._at >= self.ttl:
                 try:
                     self._nodes = cluster_accelerators(self._list_nodes().items, self.catalogue)

@@ -19,6 +19,7 @@ environment is left out (a pod does not inherit the executor's).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -36,9 +37,10 @@ LABEL_EXECUTOR = LABEL_PREFIX + "executor"  # which executor owns the pod
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "xinhe-executor"
 ANNOTATION_JOB = LABEL_PREFIX + "job-id-raw"
+# What a restarted executor needs to adopt the pod (agents/kubernetes/adopt.py).
+ANNOTATION_REPLICA = LABEL_PREFIX + "replica"
 CONTAINER = "replica"
 DEFAULT_MASTER_PORT = 29500
-IMAGE_ENV = "XINHE_IMAGE"  # set in a family variant's env to choose the image
 MAX_NAME = 63
 
 
@@ -109,16 +111,42 @@ def pod_labels(spec: ReplicaSpec, settings: PodSettings) -> dict[str, str]:
 
 
 def choose_image(spec: ReplicaSpec, settings: PodSettings) -> str:
-    """The job's own choice (``XINHE_IMAGE`` in its env, typically set by a
-    family variant), else the executor's image for the family, else its default."""
-    image = (spec.env.get(IMAGE_ENV) or settings.family_images.get(spec.family)
-             or settings.default_image)
+    """The job's own image (``JobSpec.image`` or its variant's, resolved by the
+    control plane into the launch), else the executor's image for the family,
+    else its default (``--default-image``)."""
+    image = spec.image or settings.family_images.get(spec.family) or settings.default_image
     if not image:
         raise ManifestError(
             f"no container image for {spec.label} (family {spec.family or 'cpu'}): set "
-            f"{IMAGE_ENV} in the job's env or variant, or start the executor with "
-            f"--image or --family-image {spec.family or 'FAMILY'}=IMAGE")
+            f"image in the job spec or its variant, or start the executor with "
+            f"--default-image or --family-image {spec.family or 'FAMILY'}=IMAGE")
     return image
+
+
+def cpu_quantity(millis: int) -> str:
+    """Millicores as a Kubernetes quantity: whole cores plainly, else ``<n>m``."""
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def container_resources(spec: ReplicaSpec, acc: NodeAccelerators | None,
+                        count: int) -> dict[str, dict[str, str]]:
+    """Requests and limits of the replica's container.
+
+    The accelerator, CPU and memory the job asked for per replica are both
+    requested (so the kube-scheduler's accounting matches Xinhe's) and
+    limited to that amount: extended resources must have limit = request,
+    a memory limit keeps one job from starving its node's neighbours, and
+    equal CPU request and limit give the pod Guaranteed QoS (the kubelet
+    evicts it last). A zero asks for nothing (no reservation, no limit).
+    """
+    quantity: dict[str, str] = {}
+    if acc is not None and count:
+        quantity[acc.resource_name] = str(count)
+    if spec.cpu_millis:
+        quantity["cpu"] = cpu_quantity(spec.cpu_millis)
+    if spec.memory_bytes:
+        quantity["memory"] = str(spec.memory_bytes)
+    return {"limits": quantity, "requests": dict(quantity)} if quantity else {}
 
 
 def _tolerations(acc: NodeAccelerators | None) -> list[dict[str, str]]:
@@ -138,9 +166,9 @@ def _container(spec: ReplicaSpec, env: Mapping[str, str], image: str,
     }
     if spec.working_dir:
         container["workingDir"] = spec.working_dir
-    if acc is not None and count:
-        quantity = {acc.resource_name: str(count)}
-        container["resources"] = {"limits": quantity, "requests": dict(quantity)}
+    resources = container_resources(spec, acc, count)
+    if resources:
+        container["resources"] = resources
     return container
 
 
@@ -176,6 +204,16 @@ def build_pod(spec: ReplicaSpec, device_env: Mapping[str, str],
                      "annotations": {ANNOTATION_JOB: spec.job_id}},
         "spec": pod_spec,
     }
+
+
+def replica_record(spec: ReplicaSpec, node: str) -> str:
+    """The ``xinhe.io/replica`` annotation: the replica's identity and placement
+    (Kubernetes ``node`` = the agent it belongs to), as compact JSON."""
+    return json.dumps({
+        "job_id": spec.job_id, "attempt": spec.attempt, "rank": spec.rank,
+        "epoch": spec.epoch, "node": node, "family": spec.family, "model": spec.model,
+        "device_indices": list(spec.device_indices), "world_size": spec.world_size,
+        "checkpoint_dir": spec.checkpoint_dir}, separators=(",", ":"), sort_keys=True)
 
 
 def rendezvous_spec(spec: ReplicaSpec, namespace: str) -> ReplicaSpec:

@@ -3,22 +3,28 @@
 Each Kubernetes node with accelerators becomes a Xinhe node named
 ``<--node>.<kubernetes node>`` in the executor's pool, with its own Agent
 (own registration, stream and heartbeats) and a backend that pins pods to
-that node. Nodes are discovered at start; a node added later is picked up
-when the executor restarts (noted in the README as a known limit).
+that node. Nodes are listed at start and then watched: a node that gains
+accelerators gets an agent, a deleted node's agent is shut down, device
+changes reach the control plane at the next heartbeat. Pods of an earlier
+run are adopted by their node's agent before it registers.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 from agents.agent import Agent, AgentConfig
+from agents.kubernetes.adopt import adopt_or_delete, survey
 from agents.kubernetes.executor import KubernetesCluster
 from agents.kubernetes.inventory import adapters_for_node
+from agents.kubernetes.nodewatch import NodeChange, NodeWatch
 from agents.kubernetes.pods import PodSettings
+from agents.launcher import ReplicaSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +61,88 @@ def parse_family_images(items: list[str]) -> dict[str, str]:
     return images
 
 
+def build_agent(cluster: KubernetesCluster, base: AgentConfig, node: str) -> Agent:
+    """The agent of one Kubernetes node, named ``<base.node_name>.<node>``."""
+    adapters = adapters_for_node(cluster.nodes, node)
+    config = replace(base, node_name=f"{base.node_name}.{node}", work_dir=base.work_dir / node)
+    return Agent(config, adapters, catalogue=cluster.nodes.catalogue,
+                 backend=cluster.backend_for(node, adapters))
+
+
 def build_agents(cluster: KubernetesCluster, base: AgentConfig) -> list[Agent]:
-    """One agent per accelerator node, named ``<base.node_name>.<node>``."""
-    agents = []
-    for node in sorted(cluster.nodes.nodes()):
-        adapters = adapters_for_node(cluster.nodes, node)
-        config = replace(base, node_name=f"{base.node_name}.{node}",
-                         work_dir=base.work_dir / node)
-        agents.append(Agent(config, adapters, catalogue=cluster.nodes.catalogue,
-                            backend=cluster.backend_for(node, adapters)))
-    return agents
+    """One agent per accelerator node known now."""
+    return [build_agent(cluster, base, node) for node in sorted(cluster.nodes.nodes())]
+
+
+class ExecutorFleet:
+    """The executor's agents by Kubernetes node, as nodes come and go.
+
+    Iterating gives the agents running now (sorted by node).
+    """
+
+    def __init__(self, cluster: KubernetesCluster, base: AgentConfig) -> None:
+        self.cluster = cluster
+        self.base = base
+        self._lock = threading.Lock()
+        self._agents: dict[str, Agent] = {}
+        self._closed = False
+
+    def __iter__(self) -> Iterator[Agent]:
+        with self._lock:
+            return iter([self._agents[n] for n in sorted(self._agents)])
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._agents)
+
+    def agent(self, node: str) -> Agent | None:
+        with self._lock:
+            return self._agents.get(node)
+
+    def add(self, node: str, start: bool = True) -> Agent | None:
+        """Give ``node`` an agent (once); None when it has one or we are closing."""
+        with self._lock:
+            if self._closed or node in self._agents:
+                return None
+            agent = self._agents[node] = build_agent(self.cluster, self.base, node)
+        if start:
+            agent.start()
+            log.info("kubernetes node %s: agent %s started", node, agent.config.node_name)
+        return agent
+
+    def remove(self, node: str) -> None:
+        """Shut the node's agent down (on its own thread: it waits for pods)."""
+        with self._lock:
+            agent = self._agents.pop(node, None)
+        if agent is None:
+            return
+        log.warning("kubernetes node %s is gone: stopping agent %s", node,
+                    agent.config.node_name)
+        threading.Thread(target=agent.shutdown, kwargs={"grace": 0.0}, daemon=True,
+                         name=f"xinhe-k8s-remove-{node}").start()
+
+    def on_change(self, change: NodeChange) -> None:
+        for node in sorted(change.added):
+            self.add(node)
+        for node in sorted(change.deleted):
+            self.remove(node)
+
+    def adopt(self, node: str, spec: ReplicaSpec, pod: Any) -> bool:
+        agent = self.agent(node)
+        if agent is None:
+            return False
+        backend = agent.launcher
+        return agent.adopt(spec, lambda on_state, on_output: backend.adopt(  # type: ignore[attr-defined]
+            spec, pod, on_state, on_output))
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Stop watching, then stop every agent (and their pods)."""
+        with self._lock:
+            self._closed = True
+            agents, self._agents = list(self._agents.values()), {}
+        self.cluster.close()
+        for agent in agents:
+            agent.shutdown(grace)
 
 
 def settings_from_args(args: argparse.Namespace, executor: str = "xinhe") -> PodSettings:
@@ -74,21 +152,36 @@ def settings_from_args(args: argparse.Namespace, executor: str = "xinhe") -> Pod
                        service_account=args.pod_service_account or "")
 
 
-def start_executor(args: argparse.Namespace, base: AgentConfig,
-                   api: Any | None = None) -> tuple[KubernetesCluster, list[Agent]]:
-    """Build and start the agents; ValueError when the cluster has no accelerators."""
+def start_executor(args: argparse.Namespace, base: AgentConfig, api: Any | None = None,
+                   watch_factory: Any = None) -> tuple[KubernetesCluster, ExecutorFleet]:
+    """List (then watch) the nodes, build one agent per accelerator node,
+    adopt the pods of an earlier run, start the agents. ValueError when the
+    cluster has no accelerators."""
     settings = settings_from_args(args, base.node_name)
     cluster = KubernetesCluster(api if api is not None else load_api(args.kubeconfig),
                                 settings)
-    cluster.reap_orphans()
-    agents = build_agents(cluster, base)
-    if not agents:
+    fleet = ExecutorFleet(cluster, base)
+    watch = NodeWatch(cluster.api, cluster.nodes, fleet.on_change,
+                      **({"watch_factory": watch_factory} if watch_factory else {}))
+    cluster.node_watch = watch
+    try:
+        version = watch.relist()
+    except Exception as err:  # ApiException (401, 403...), connection refused
+        raise RuntimeError(f"cannot list the cluster's nodes: {err}") from err
+    for node in sorted(cluster.nodes.nodes()):
+        fleet.add(node, start=False)
+    if not len(fleet):
         raise ValueError("no Kubernetes node reports an accelerator resource the catalogue "
                          "knows (extended resources such as nvidia.com/gpu, huawei.com/npu)")
-    for agent in agents:
+    try:
+        pods = cluster.list_pods()
+    except Exception as err:
+        raise RuntimeError(f"cannot list pods in namespace {settings.namespace}: {err}") from err
+    adopted, deleted = adopt_or_delete(survey(pods), fleet.adopt, cluster.delete_pod)
+    for agent in fleet:
         agent.start()
-    summary: Mapping[str, int] = {a.config.node_name: len(a.inventory.refresh())
-                                  for a in agents}
-    log.info("kubernetes executor: namespace %s, %d nodes: %s", settings.namespace,
-             len(agents), ", ".join(f"{k} ({v} devices)" for k, v in summary.items()))
-    return cluster, agents
+    watch.run_from(version)
+    log.info("kubernetes executor: namespace %s, %d nodes (%s); %d pods adopted, %d deleted",
+             settings.namespace, len(fleet), ", ".join(a.config.node_name for a in fleet),
+             len(adopted), len(deleted))
+    return cluster, fleet

@@ -4,7 +4,8 @@ A real control plane runs here; ``xinhe agent --executor kubernetes`` runs
 here too and drives the cluster named by $KUBECONFIG. The cluster needs at
 least one node with an accelerator resource the catalogue knows, and the
 kubeconfig's user needs the rights the Helm chart's executor Role grants
-(pods, pods/log, services in the namespace) plus list on nodes.
+(pods, pods/log, pods/exec, services in the namespace) plus list and watch
+on nodes.
 
 Knobs: XINHE_K8S_TEST_NAMESPACE (default "default"), XINHE_K8S_TEST_IMAGE
 (default busybox:1.36; any image with ``sh``).

@@ -172,9 +172,9 @@ def executors():
     started = []
     yield started
     for cluster, agents in started:
+        cluster.close()
         for agent in agents:
             agent.shutdown(grace=0.5, flush_timeout=0.5)
-        cluster.monitor.close()
 
 
 def test_executor_registers_one_node_per_kubernetes_node(fake, executors, tmp_path):  # noqa: F811
@@ -253,7 +253,7 @@ def gang_name_of(job_id: str) -> str:
     return gang_name(ReplicaSpec(job_id=job_id, attempt=1, rank=0, command=("x",)))
 
 
-def test_restart_reaps_only_this_executors_leftover_pods(tmp_path):
+def test_restart_adopts_only_this_executors_leftover_pods(tmp_path):
     api = FakeCoreV1(script="pods-unschedulable.json")
     for executor in ("k8s-a", "k8s-b"):  # two executors sharing one namespace
         cluster = KubernetesCluster(api, PodSettings(namespace="xinhe-jobs", executor=executor,
@@ -267,9 +267,13 @@ def test_restart_reaps_only_this_executors_leftover_pods(tmp_path):
     cluster, agents = start_executor(args, AgentConfig(node_name="k8s-a", work_dir=tmp_path,
                                                        server="127.0.0.1:1"), api=api)
     try:
-        assert [name for name, _ in api.deleted_pods] == ["xj-j-k8s-a-a1-r0"]
-        assert list(api.pods) == ["xj-j-k8s-b-a1-r0"]
+        assert api.deleted_pods == []  # k8s-a's pod adopted, k8s-b's not touched
+        (holder,) = [a for a in agents if a.held_replicas()]
+        assert holder.config.node_name == "k8s-a.gpu-h100-01"
+        assert list(holder.held_replicas()) == [("j-k8s-a", 1, 0)]
     finally:
+        cluster.close()
         for agent in agents:
             agent.shutdown(grace=0, flush_timeout=0)
-        cluster.monitor.close()
+    assert [name for name, _ in api.deleted_pods] == ["xj-j-k8s-a-a1-r0"]  # stopped with it
+    assert list(api.pods) == ["xj-j-k8s-b-a1-r0"]

@@ -110,9 +110,40 @@ def test_distinct_job_ids_never_share_a_name():
 def test_no_image_is_a_clear_error():
     with pytest.raises(ManifestError, match=r"no container image.*--family-image nvidia"):
         build_pod(spec(family="nvidia"), {}, None, PodSettings(namespace="ns"))
-    image = build_pod(spec(env={"XINHE_IMAGE": "mine:1"}), {}, None,
+    image = build_pod(spec(image="mine:1"), {}, None,
                       PodSettings(namespace="ns"))["spec"]["containers"][0]["image"]
     assert image == "mine:1"
+
+
+def test_the_jobs_image_wins_over_the_executors():
+    def image_of(**extra) -> str:
+        return build_pod(spec(**extra), {}, None, SETTINGS)["spec"]["containers"][0]["image"]
+
+    assert image_of(image="reg.example/team/train:1.4") == "reg.example/team/train:1.4"
+    assert image_of() == "registry.local/xinhe/ascend:8.0"  # the family's image
+    assert image_of(family="nvidia") == "registry.local/xinhe/base:1"  # the default
+
+
+@pytest.mark.parametrize(("cpu", "memory", "expected"), [
+    (4000, 64 << 30, {"cpu": "4", "memory": str(64 << 30)}),
+    (1500, 0, {"cpu": "1500m"}),
+    (0, 512 << 20, {"memory": str(512 << 20)}),
+])
+def test_cpu_and_memory_are_requested_and_limited(cpu, memory, expected):
+    acc = accelerators("nodes-ascend.json", "ascend-910b-02")
+    pod = build_pod(spec(cpu_millis=cpu, memory_bytes=memory), {}, acc, SETTINGS)
+    assert validate(pod) == []
+    resources = pod["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == {"huawei.com/Ascend910B3": "4", **expected}
+    assert resources["limits"] == resources["requests"]
+
+
+def test_a_cpu_only_replica_without_reservations_asks_for_nothing():
+    pod = build_pod(spec(device_indices=(), family=""), {}, None, SETTINGS)
+    assert "resources" not in pod["spec"]["containers"][0]
+    with_cpu = build_pod(spec(device_indices=(), family="", cpu_millis=250), {}, None, SETTINGS)
+    assert with_cpu["spec"]["containers"][0]["resources"] == {
+        "limits": {"cpu": "250m"}, "requests": {"cpu": "250m"}}
 
 
 def test_empty_command_is_rejected():
