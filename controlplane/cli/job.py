@@ -17,6 +17,7 @@ from controlplane.cli.common import (
     styled_state,
     ts,
 )
+from xinhe.v1 import common_pb2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job_id")
     add_client_options(p)
     p.set_defaults(func=run)
+
+
+def objective_text(job: common_pb2.Job) -> str:
+    """"cost (placed by cost: est. cost 9.33, 1.4 kWh); data region east,
+    batch": what the job asked for and, once placed, what chose and the
+    estimates."""
+    spec, p = job.spec, job.placement
+    asked = (common_pb2.Objective.Name(spec.objective).removeprefix("OBJECTIVE_").lower()
+             if spec.objective else "queue default")
+    if p.objective:
+        figures = [f"est. cost {p.estimated_cost:.2f}"] if p.estimated_cost else []
+        figures += [f"{p.estimated_energy_kwh:.1f} kWh"] if p.estimated_energy_kwh else []
+        asked += f" (placed by {p.objective}" + (f": {', '.join(figures)})" if figures else ")")
+    latency = (common_pb2.LatencyClass.Name(spec.latency_class).removeprefix(
+        "LATENCY_CLASS_").lower() if spec.latency_class else "batch")
+    region = f"data region {spec.data_region}" if spec.data_region else "no data region"
+    return f"{asked}; {region}, {latency}"
 
 
 def _when(seconds: float) -> str:
@@ -47,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"placement  {placement_text(job)}", highlight=False)
     if job.placement_target:
         console.print(f"pinned to  {job.placement_target} (by migration)", highlight=False)
+    console.print(f"objective  {objective_text(job)}", highlight=False)
     if p.replicas:
         for r in p.replicas:
             console.print(f"  rank {r.rank}: {r.node} devices {list(r.device_indices)}")

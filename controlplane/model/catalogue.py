@@ -51,6 +51,7 @@ class ChipProfile:
     source: str = ""
     aliases: tuple[str, ...] = ()
     generic: bool = False  # True for a model the catalogue does not know
+    power_w: float = 0.0  # TDP / board power per device in watts; 0 = unknown
 
 
 def normalise(name: str) -> str:
@@ -103,7 +104,8 @@ class Catalogue:
         log.warning("unknown accelerator model %r (family %s): using a generic profile",
                     name, family)
         return ChipProfile(model=name, family=family, tflops=self.reference.tflops,
-                           memory_bytes=memory_bytes, source="generic", generic=True)
+                           memory_bytes=memory_bytes, source="generic", generic=True,
+                           power_w=self.reference.power_w)
 
     @property
     def reference(self) -> ChipProfile:
@@ -115,6 +117,13 @@ class Catalogue:
         if chip is None or chip.tflops <= 0:
             return 1.0
         return chip.tflops / self.reference.tflops
+
+    def power_w(self, model: str) -> float:
+        """Watts per device of ``model`` (TDP); an unknown model is assumed to
+        draw what the reference chip draws, as it is assumed to run at its
+        speed."""
+        chip = self.find_model(model)
+        return self.reference.power_w if chip is None else chip.power_w
 
     def family_for_resource(self, resource_name: str) -> str | None:
         """The family a Kubernetes extended-resource name belongs to."""
@@ -158,7 +167,17 @@ def _chip(model: str, raw: Mapping[str, Any]) -> ChipProfile:
         interconnect=str(raw.get("interconnect") or ""),
         source=str(raw.get("source") or ""),
         aliases=tuple(str(a) for a in raw.get("aliases") or ()),
+        power_w=_power(model, raw.get("power_w")),
     )
+
+
+def _power(model: str, value: Any) -> float:
+    """A model's power in watts: a number >= 0 (absent = 0, unknown)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"catalogue: model {model} power_w must be a number >= 0, got {value!r}")
+    return float(value)
 
 
 def _build_index(models: Iterable[ChipProfile]) -> dict[str, str]:

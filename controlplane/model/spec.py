@@ -41,8 +41,8 @@ from controlplane.model.spec_validation import validate_spec
 from xinhe.v1 import common_pb2
 
 __all__ = [
-    "SpecError", "parse_cpu", "parse_duration", "parse_quantity", "resolve_variant",
-    "spec_from_yaml", "spec_to_yaml_dict", "validate_spec",
+    "SpecError", "parse_cpu", "parse_duration", "parse_quantity", "resolve_image",
+    "resolve_variant", "spec_from_yaml", "spec_to_yaml_dict", "validate_spec",
 ]
 
 SHELL = ("/bin/sh", "-c")
@@ -50,7 +50,7 @@ SHELL = ("/bin/sh", "-c")
 _TOP_KEYS = (
     "name", "queue", "priority", "replicas", "resources", "estimate", "max_runtime",
     "checkpoint", "retry", "retries", "env", "working_dir", "run", "command", "args",
-    "variants",
+    "variants", "image", "objective", "data_region", "latency_class",
 )
 _RESOURCE_KEYS = (
     "accelerators", "accelerator_families", "accelerator_models", "min_device_memory",
@@ -260,6 +260,30 @@ def _fill_retry(spec: common_pb2.JobSpec, raw: Mapping[Any, Any]) -> None:
                                                0, _UINT32_MAX)
 
 
+def _enum(value: Any, field: str, enum: Any, prefix: str) -> int:
+    """``cost`` -> OBJECTIVE_COST: an enum value by its short name, any case."""
+    name = _text(value, field)
+    full = prefix + name.upper()
+    names = [k for k in enum.keys() if not k.endswith("_UNSPECIFIED")]  # noqa: SIM118
+    if full not in names:
+        known = ", ".join(k.removeprefix(prefix).lower() for k in names)
+        raise SpecError(field, f"unknown {field.replace('_', ' ')} {name!r} (known: {known})")
+    return int(enum.Value(full))
+
+
+def _fill_placement(spec: common_pb2.JobSpec, raw: Mapping[Any, Any]) -> None:
+    """objective (fastest|cost|energy|pinned), data_region, latency_class."""
+    if raw.get("objective") is not None:
+        spec.objective = _enum(raw["objective"], "objective", common_pb2.Objective,
+                               "OBJECTIVE_")  # type: ignore[assignment]
+    if raw.get("latency_class") is not None:
+        spec.latency_class = _enum(raw["latency_class"], "latency_class",
+                                   common_pb2.LatencyClass,
+                                   "LATENCY_CLASS_")  # type: ignore[assignment]
+    if raw.get("data_region") is not None:
+        spec.data_region = _text(raw["data_region"], "data_region")
+
+
 def spec_from_yaml(source: str | bytes | Mapping[str, Any],
                    catalogue: Catalogue | None = None) -> common_pb2.JobSpec:
     """Parse a tenant's YAML (text or an already-loaded mapping) into a JobSpec.
@@ -272,7 +296,7 @@ def spec_from_yaml(source: str | bytes | Mapping[str, Any],
     raw = _load(source)
     _check_keys(raw, _TOP_KEYS, "")
     spec = common_pb2.JobSpec()
-    for key in ("name", "queue", "working_dir"):
+    for key in ("name", "queue", "working_dir", "image"):
         if raw.get(key) is not None:
             setattr(spec, key, _text(raw[key], key))
     if raw.get("priority") is not None:
@@ -284,6 +308,7 @@ def spec_from_yaml(source: str | bytes | Mapping[str, Any],
     if raw.get("resources") is not None:
         _fill_resources(spec.resources, _mapping(raw["resources"], "resources"), catalogue)
     _fill_policies(spec, raw)
+    _fill_placement(spec, raw)
     spec.env.update(_env(raw.get("env"), "env"))
     command, args = _command_and_args(raw, "")
     spec.command.extend(command)
@@ -355,6 +380,16 @@ def spec_to_yaml_dict(spec: common_pb2.JobSpec) -> dict[str, Any]:
         out["env"] = dict(sorted(spec.env.items()))
     if spec.working_dir:
         out["working_dir"] = spec.working_dir
+    if spec.image:
+        out["image"] = spec.image
+    if spec.objective:
+        out["objective"] = common_pb2.Objective.Name(spec.objective).removeprefix(
+            "OBJECTIVE_").lower()
+    if spec.data_region:
+        out["data_region"] = spec.data_region
+    if spec.latency_class:
+        out["latency_class"] = common_pb2.LatencyClass.Name(spec.latency_class).removeprefix(
+            "LATENCY_CLASS_").lower()
     out.update(_command_dict(list(spec.command), list(spec.args)))
     if spec.variants:
         out["variants"] = {k: _variant_dict(v) for k, v in sorted(spec.variants.items())}
@@ -375,6 +410,19 @@ def _variant_for_model(spec: common_pb2.JobSpec, model: str,
         if chip is not None and key_chip is not None and key_chip.model == chip.model:
             return variant
     return None
+
+
+def resolve_image(spec: common_pb2.JobSpec, family: str, model: str,
+                  catalogue: Catalogue | None = None) -> str:
+    """The container image of a replica on a ``model`` chip of ``family``: the
+    model's variant image, else the family's, else the spec's ("" = the
+    executor's default). Only image-running executors use it."""
+    catalogue = catalogue or default_catalogue()
+    for variant in (_variant_for_model(spec, model, catalogue),
+                    spec.variants.get(family.lower())):
+        if variant is not None and variant.image:
+            return variant.image
+    return spec.image
 
 
 def resolve_variant(spec: common_pb2.JobSpec, family: str, model: str,

@@ -34,17 +34,36 @@ MAX_ENV_ENTRIES = 256
 MAX_ENV_VALUE_BYTES = 32 * 1024 - 1
 MAX_DURATION_NANOS = 365 * 86400 * NANOS_PER_SECOND - 1
 MAX_ATTEMPTS = 100
+MAX_IMAGE_CHARS = 512
+# A container image reference as the distribution spec defines it:
+# [registry[:port]/]path[:tag][@algorithm:hex]. Lower-case path components.
+_HOST_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = rf"{_HOST_PART}(?:\.{_HOST_PART})*"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_RE = re.compile(
+    rf"^(?:{_DOMAIN}(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$")
 
 
 def _check_name(spec: common_pb2.JobSpec) -> None:
-    if not NAME_RE.match(spec.name):
+    if not NAME_RE.fullmatch(spec.name):
         raise SpecError("spec.name", f"{spec.name!r} is not a valid name: 1-128 characters "
                         "of [A-Za-z0-9._-], starting with a letter or digit")
 
 
+def _check_job_type(spec: common_pb2.JobSpec) -> None:
+    """Empty (the name is the type) or a name: learned throughput is keyed,
+    stored and shown by it."""
+    if spec.job_type and not NAME_RE.fullmatch(spec.job_type):
+        raise SpecError("spec.job_type", f"{spec.job_type[:80]!r} is not a valid job type: "
+                        "empty (the job's name is used) or 1-128 characters of "
+                        "[A-Za-z0-9._-], starting with a letter or digit")
+
+
 def _check_queue(spec: common_pb2.JobSpec) -> None:
     parts = spec.queue.split("/")
-    if len(parts) != 2 or not all(QUEUE_PART_RE.match(p) for p in parts):
+    if len(parts) != 2 or not all(QUEUE_PART_RE.fullmatch(p) for p in parts):
         raise SpecError("spec.queue", f"{spec.queue!r} is not a queue: expected "
                         "'tenant/queue', each part lower-case [a-z0-9-], at most 63 characters")
 
@@ -75,7 +94,7 @@ def _check_env(env: Mapping[str, str], path: str, vendor_names: frozenset[str]) 
         raise SpecError(path, f"{len(env)} variables; at most {MAX_ENV_ENTRIES}")
     for name in sorted(env):
         field = f"{path}[{name}]"
-        if not ENV_NAME_RE.match(name):
+        if not ENV_NAME_RE.fullmatch(name):
             raise SpecError(field, f"{name!r} is not a valid variable name")
         if name.startswith(RESERVED_ENV_PREFIX):
             raise SpecError(field, "names starting with XINHE_ are reserved for the runtime "
@@ -154,6 +173,15 @@ def _check_numbers(spec: common_pb2.JobSpec) -> None:
                         f"{spec.retry.max_attempts}; at most {MAX_ATTEMPTS}")
 
 
+def _check_image(image: str, path: str) -> None:
+    """Empty (the executor's default) or a sane image reference."""
+    if not image:
+        return
+    if len(image) > MAX_IMAGE_CHARS or not IMAGE_RE.fullmatch(image):
+        raise SpecError(path, f"{image[:80]!r} is not a container image reference: expected "
+                        "[registry[:port]/]name[:tag][@sha256:digest], name in lower case")
+
+
 def _check_variants(spec: common_pb2.JobSpec, catalogue: Catalogue,
                     vendor_names: frozenset[str]) -> None:
     for key in sorted(spec.variants):
@@ -164,6 +192,30 @@ def _check_variants(spec: common_pb2.JobSpec, catalogue: Catalogue,
         variant = spec.variants[key]
         _check_argv(variant.command, variant.args, path, required=False)
         _check_env(variant.env, f"{path}.env", vendor_names)
+        _check_image(variant.image, f"{path}.image")
+
+
+REGION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _check_placement(spec: common_pb2.JobSpec) -> None:
+    """objective, data_region and latency_class: known values only."""
+    if spec.objective not in common_pb2.Objective.values():
+        known = ", ".join(v.name.removeprefix("OBJECTIVE_")
+                          for v in common_pb2.Objective.DESCRIPTOR.values)
+        raise SpecError("spec.objective", f"unknown objective {spec.objective} (known: {known})")
+    if spec.latency_class not in common_pb2.LatencyClass.values():
+        known = ", ".join(v.name.removeprefix("LATENCY_CLASS_")
+                          for v in common_pb2.LatencyClass.DESCRIPTOR.values)
+        raise SpecError("spec.latency_class",
+                        f"unknown latency class {spec.latency_class} (known: {known})")
+    if spec.data_region and not REGION_RE.fullmatch(spec.data_region):
+        raise SpecError("spec.data_region", f"{spec.data_region[:80]!r} is not a region name: "
+                        "1-63 characters of [A-Za-z0-9._-], starting with a letter or digit")
+    res = spec.resources
+    if spec.objective == common_pb2.OBJECTIVE_PINNED and not (res.families or res.models):
+        raise SpecError("spec.objective", "PINNED keeps the job on the family it names first: "
+                        "name one in resources.families or resources.models")
 
 
 def validate_spec(spec: common_pb2.JobSpec, catalogue: Catalogue | None = None) -> None:
@@ -173,10 +225,13 @@ def validate_spec(spec: common_pb2.JobSpec, catalogue: Catalogue | None = None) 
     if spec.ByteSize() > MAX_SPEC_BYTES:
         raise SpecError("spec", f"{spec.ByteSize()} bytes serialized; at most 1 MiB")
     _check_name(spec)
+    _check_job_type(spec)
     _check_queue(spec)
     _check_argv(spec.command, spec.args, "spec", required=True)
     _check_numbers(spec)
     _check_resources(spec.resources, catalogue)
     vendor_names = _vendor_env_names(catalogue)
     _check_env(spec.env, "spec.env", vendor_names)
+    _check_image(spec.image, "spec.image")
     _check_variants(spec, catalogue, vendor_names)
+    _check_placement(spec)

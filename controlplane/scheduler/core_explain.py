@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 
 # How many runner-up candidates an explanation names; the rest are counted.
 EXPLAIN_OTHERS = 3
+# Objectives as explanations name them (see ``core_objective``); fastest
+# finish is the default and goes unnamed.
+OBJECTIVE_WORDS = {"cost": "lowest cost", "energy": "lowest energy",
+                   "pinned": "pinned family (fastest within it)"}
+BETTER = {"cost": "cheaper", "energy": "more efficient"}
 
 
 def clock(seconds: float) -> str:
@@ -25,10 +30,20 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+def figures(cand: Candidate) -> str:
+    """", cost 1.20, 0.4 kWh, incl. 0:30:00 data transfer": what is known."""
+    out = f", cost {cand.cost:.2f}" if cand.cost else ""
+    out += f", {cand.energy_kwh:.1f} kWh" if cand.energy_kwh else ""
+    if cand.transfer_s:
+        out += f", incl. {clock(cand.transfer_s)} data transfer"
+    return out
+
+
 def describe(cand: Candidate, now: float) -> str:
-    """``pool (model) H:MM:SS`` with a note when it does not fit now."""
+    """``pool (model) H:MM:SS`` with its figures and a note when it does
+    not fit now."""
     busy = "" if cand.fits_now else f" (busy, starts in {clock(cand.start_s - now)})"
-    return f"{cand.pool} ({cand.model}) {clock(cand.finish_s - now)}{busy}"
+    return f"{cand.pool} ({cand.model}) {clock(cand.finish_s - now)}{figures(cand)}{busy}"
 
 
 def explain_placement(decision: PlacementDecision) -> str:
@@ -37,23 +52,32 @@ def explain_placement(decision: PlacementDecision) -> str:
     if not cands:
         return f"chose pool {decision.pool} ({decision.model})"
     chosen = cands[decision.chosen_index]
-    head = f"chose pool {chosen.pool} ({chosen.model}): est. finish {clock(chosen.finish_s - now)}"
+    head = (f"chose pool {chosen.pool} ({chosen.model}): est. finish "
+            f"{clock(chosen.finish_s - now)}{figures(chosen)}")
+    words = OBJECTIVE_WORDS.get(decision.objective)
+    tail = f"; objective: {words}" if words else ""
     others = [c for i, c in enumerate(cands) if i != decision.chosen_index]
     more = max(len(others) - EXPLAIN_OTHERS, 0) + decision.others_not_compared
     if not others and not more:
-        return f"{head}; no other candidates"
-    named = ", ".join(describe(c, now) for c in others[:EXPLAIN_OTHERS])
-    return f"{head}; others: {named}" + (f" (+{more} more)" if more > 0 else "")
+        return f"{head}; no other candidates{tail}"
+    # With figures (which hold commas) the candidates are set apart by ";".
+    sep = "; " if any((c.cost, c.energy_kwh, c.transfer_s) for c in cands) else ", "
+    named = sep.join(describe(c, now) for c in others[:EXPLAIN_OTHERS])
+    return f"{head}; others: {named}" + (f" (+{more} more)" if more > 0 else "") + tail
 
 
 def explain_wait_for_faster(fast: Candidate, slow: Candidate, now: float,
-                            reserved: bool = True) -> str:
+                            reserved: bool = True, objective: str = "") -> str:
     """Why a job stays queued although some pool could take it now."""
+    better = BETTER.get(objective, "faster")
     text = (
-        f"waiting for faster pool {fast.pool} ({fast.model}): est. finish "
-        f"{clock(fast.finish_s - now)} there (starts in {clock(fast.start_s - now)}) "
-        f"vs {clock(slow.finish_s - now)} if started now on pool {slow.pool} ({slow.model})"
+        f"waiting for {better} pool {fast.pool} ({fast.model}): est. finish "
+        f"{clock(fast.finish_s - now)}{figures(fast)} there (starts in "
+        f"{clock(fast.start_s - now)}) vs {clock(slow.finish_s - now)}{figures(slow)} if "
+        f"started now on pool {slow.pool} ({slow.model})"
     )
+    if objective in BETTER:
+        text += f"; objective: {OBJECTIVE_WORDS[objective]}"
     return f"{text}; devices reserved for it there" if reserved else text
 
 

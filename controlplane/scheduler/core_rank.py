@@ -17,30 +17,33 @@ jobs' needs at that time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from controlplane.scheduler.core_estimate import job_speed
 from controlplane.scheduler.core_fleet import CPU_FAMILY, Group, ShapeKey
 from controlplane.scheduler.types import PendingJob
 
-# What a job's ranking depends on: shape, host CPU and memory, own speed factors.
-RankKey = tuple[ShapeKey, int, int, tuple[tuple[str, float], ...]]
+# What a job's ranking depends on: shape, host CPU and memory, own speed
+# factors, then its objective and region (``Objectives.rank_extra``).
+RankKey = tuple[ShapeKey, int, int, tuple[tuple[str, float], ...], tuple[object, ...]]
 
 
 class ShapeRank:
-    """``entries``: (speed, group), fastest first; ties: plain CPU nodes first
-    for CPU-only jobs, then the group key (determinism)."""
+    """``entries``: (speed, group), best first: by ``order`` (the job's
+    objective, ``core_objective``) when given, then fastest; ties: plain CPU
+    nodes first for CPU-only jobs, then the group key (determinism)."""
 
     __slots__ = ("entries",)
 
-    def __init__(self, groups: Sequence[Group], job: PendingJob,
-                 speeds: dict[str, float]) -> None:
+    def __init__(self, groups: Sequence[Group], job: PendingJob, speeds: dict[str, float],
+                 order: Callable[[Group, float], tuple[float, float]] | None = None) -> None:
         cpu_only = job.devices_per_replica == 0
+        rated = [(job_speed(job, g.model, speeds), g) for g in groups]
         keyed = sorted(
-            ((-job_speed(job, g.model, speeds), cpu_only and g.family != CPU_FAMILY, g.key), g)
-            for g in groups
+            ((order(g, s) if order else (), -s, cpu_only and g.family != CPU_FAMILY, g.key), s, g)
+            for s, g in rated
         )
-        self.entries: list[tuple[float, Group]] = [(-key[0], g) for key, g in keyed]
+        self.entries: list[tuple[float, Group]] = [(s, g) for _, s, g in keyed]
 
     def drop(self, dead: Sequence[Group]) -> None:
         """Forget groups that can neither take nor reserve for this shape again."""

@@ -42,6 +42,7 @@ def nodes(
     cpu_millis: int = 0,
     memory_bytes: int = 0,
     name: str | None = None,
+    cost: float = 0.0,
 ) -> tuple[NodeView, ...]:
     """``n`` identical nodes named ``<name or pool>-000``, ``-001``, ...
 
@@ -61,6 +62,7 @@ def nodes(
             cpu_free_millis=cpu_millis,
             memory_free_bytes=memory_bytes,
             schedulable=schedulable,
+            cost_per_device_hour=cost,
         )
         for i in range(n)
     )
@@ -80,6 +82,10 @@ def jobs(
     cpu_millis: int = 0,
     memory_bytes: int = 0,
     first_order: int = 0,
+    objective: str = "",
+    first_family: str = "",
+    data_region: str = "",
+    latency_class: str = "",
 ) -> tuple[PendingJob, ...]:
     """``n`` identical jobs ``<tenant>-0`` ... with increasing submission order
     starting at ``first_order``."""
@@ -98,6 +104,10 @@ def jobs(
             families=frozenset(families),
             models=frozenset(models),
             reference_runtime_s=runtime_s,
+            objective=objective,
+            first_family=first_family,
+            data_region=data_region,
+            latency_class=latency_class,
         )
         for i in range(n)
     )
@@ -114,12 +124,15 @@ def snapshot(
     *fleets: Iterable[NodeView],
     running: Iterable[RunningView] = (),
     speeds: Mapping[str, float] = SPEEDS,
+    power_w: Mapping[str, float] | None = None,
 ) -> ClusterSnapshot:
-    """A snapshot of the concatenated ``fleets``."""
+    """A snapshot of the concatenated ``fleets``; ``power_w``: watts per
+    device by model (the energy objective), none by default."""
     return ClusterSnapshot(
         nodes=tuple(node for fleet in fleets for node in fleet),
         running=tuple(running),
         model_speed=tuple(sorted(speeds.items())),
+        model_power_w=tuple(sorted((power_w or {}).items())),
     )
 
 

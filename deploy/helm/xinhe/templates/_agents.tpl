@@ -14,6 +14,7 @@ pool named after it.
 {{- $name := printf "%s-agent-%s" $fullname $suffix | trunc 63 | trimSuffix "-" }}
 {{- $out = append $out (dict "family" $family "pool" $pool.name
       "region" (default $.Values.agents.region $pool.region)
+      "cost" ($pool.costPerDeviceHour | default 0)
       "nodeSelector" (merge (dict) ($pool.nodeSelector | default dict) ($spec.nodeSelector | default dict))
       "name" $name) }}
 {{- end }}
