@@ -9,6 +9,12 @@ not a JSON object with a non-negative ``step`` and a finite, non-negative
 Only the newest report matters: it is sent best effort (no ack, no resend),
 at most once per ``min_interval`` per replica, because the control plane
 learns speeds from it and a lost report is simply superseded by the next.
+
+Beside progress, the watcher reports when the replica last completed a
+checkpoint: the modification time of ``<checkpoint_dir>/LATEST``, which
+``xinhe_runtime.mark_checkpoint`` replaces only once a checkpoint is
+complete. The control plane uses it to preempt the jobs that lose least.
+A new checkpoint is sent even when the job reports no progress.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,13 +34,36 @@ MAX_READ_BYTES = 1 << 20  # per poll; a runaway job cannot make the agent read g
 MAX_LINE_BYTES = 64 << 10  # a "line" longer than this is junk and dropped
 
 
+# The runtime's mark of the newest complete checkpoint (agents/runtime).
+LATEST_MARK = "LATEST"
+
+
 @dataclass(frozen=True)
 class Report:
-    """One valid progress line."""
+    """One valid progress line, with the newest checkpoint's time.
+
+    ``progress`` False: no line yet, only a checkpoint to report.
+    ``checkpoint_at``: when the last checkpoint completed (epoch seconds),
+    None when none is known."""
 
     step: int
     steps_per_second: float
     time: float
+    checkpoint_at: float | None = None
+    progress: bool = True
+
+
+NO_PROGRESS = Report(step=0, steps_per_second=0.0, time=0.0, progress=False)
+
+
+def last_checkpoint_at(directory: str | Path) -> float | None:
+    """When the newest complete checkpoint in ``directory`` was marked (the
+    LATEST mark's modification time), or None when there is none (never
+    raises: a missing or unreadable directory is simply no checkpoint)."""
+    try:
+        return (Path(directory) / LATEST_MARK).stat().st_mtime
+    except (OSError, ValueError):
+        return None
 
 
 def parse_line(line: bytes) -> Report | None:
@@ -90,11 +119,13 @@ Send = Callable[[object, Report], None]
 
 
 class _Watched:
-    __slots__ = ("ref", "sent", "sent_at", "tailer")
+    __slots__ = ("checkpoint_dir", "ref", "sent", "sent_at", "tailer")
 
-    def __init__(self, ref: object, path: str | Path) -> None:
+    def __init__(self, ref: object, path: str | Path,
+                 checkpoint_dir: str | Path | None = None) -> None:
         self.ref = ref
         self.tailer = ProgressTailer(path)
+        self.checkpoint_dir = checkpoint_dir
         self.sent: Report | None = None
         self.sent_at = float("-inf")
 
@@ -114,9 +145,12 @@ class ProgressWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def watch(self, key: object, ref: object, path: str | Path) -> None:
+    def watch(self, key: object, ref: object, path: str | Path,
+              checkpoint_dir: str | Path | None = None) -> None:
+        """Watch ``path`` for progress and, when given, ``checkpoint_dir``'s
+        LATEST mark for completed checkpoints."""
         with self._lock:
-            self._watched[key] = _Watched(ref, path)
+            self._watched[key] = _Watched(ref, path, checkpoint_dir or None)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="xinhe-progress",
                                                 daemon=True)
@@ -147,6 +181,10 @@ class ProgressWatcher:
 
     def _check(self, item: _Watched, force: bool) -> None:
         report = item.tailer.poll()
+        if item.checkpoint_dir is not None:
+            mark = last_checkpoint_at(item.checkpoint_dir)
+            if mark is not None:
+                report = replace(report or NO_PROGRESS, checkpoint_at=mark)
         now = time.monotonic()
         if report is None or report == item.sent:
             return

@@ -16,7 +16,13 @@ from typing import Any
 from controlplane.sim import gavel, synth
 from controlplane.sim.errors import SimInputError
 from controlplane.sim.fleet import Fleet, read_fleet
-from controlplane.sim.knobs import parse_quotas, with_knobs
+from controlplane.sim.knobs import (
+    SIM_OBJECTIVES,
+    parse_quotas,
+    with_knobs,
+    with_migration,
+    with_objective,
+)
 from controlplane.sim.plot import plot_timelines
 from controlplane.sim.policies import POLICIES, make_policies
 from controlplane.sim.report import table
@@ -50,6 +56,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="preemptions per scheduling round (0 = never preempt)")
     p.add_argument("--preemption-cooldown", type=float, default=300.0, metavar="S",
                    help="a job preempted less than S s ago is not preempted again")
+    p.add_argument("--restart-cost", type=float, default=60.0, metavar="S",
+                   help="a migrated job restarts for S s (checkpoint, stop, restore)")
+    p.add_argument("--migrations-per-round", type=int, default=4, metavar="N",
+                   help="xinhe moves at most N running jobs to faster free chips per "
+                        "round (0 = never migrate)")
+    p.add_argument("--objective", choices=SIM_OBJECTIVES, default="fastest",
+                   help="placement objective of every job for the policies that drive the "
+                        "core: earliest finish, lowest cost (device-hours x pool "
+                        "cost_per_device_hour) or lowest energy (x chip power)")
     p.add_argument("--json", metavar="FILE", help="write the JSON report here (not stdout)")
     p.add_argument("--plot", metavar="PNG", help="utilisation and queue over time "
                    "(needs the 'plot' extra: matplotlib)")
@@ -62,13 +77,19 @@ def run(args: argparse.Namespace) -> int:
         policies = make_policies(args.policies)
         quotas = parse_quotas(args.quotas)
         with_knobs(policies, quotas, args.max_preemptions, args.preemption_cooldown)
+        with_migration(policies, args.restart_cost, args.migrations_per_round)
+        with_objective(policies, args.objective)
+        inputs["objective"] = args.objective
         if args.checkpoint_every < 0:
             raise SimInputError("--checkpoint-every must be >= 0")
         inputs["quotas"] = args.quotas
+        inputs["restart_cost_s"] = args.restart_cost
+        inputs["migrations_per_round"] = args.migrations_per_round
     except (SimInputError, ValueError, OSError) as exc:
         print(f"xinhe simulate: {exc}", file=sys.stderr)
         return 2
-    comparison = run_policies(jobs, physics, policies, args.checkpoint_every)
+    comparison = run_policies(jobs, physics, policies, args.checkpoint_every,
+                              args.restart_cost)
     report = comparison.as_json(inputs)
     print(table(comparison.summaries))
     if args.json:

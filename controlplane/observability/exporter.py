@@ -14,6 +14,7 @@ from controlplane.observability.instruments import ControlPlaneMetrics, RoundLik
 from controlplane.observability.store import InstrumentedStore
 from controlplane.services.context import Context
 from controlplane.store.base import Store
+from xinhe.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ class MetricsExporter:
 
     def set_ready(self, ready: bool) -> None:
         self.metrics.set_ready(ready)
+
+    def job_migrated(self, job: common_pb2.Job, trigger: str) -> None:
+        self.metrics.job_migrated(job, trigger)
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on host:port (0 picks a free port); returns the port."""

@@ -27,9 +27,11 @@ STATE_COUNTERS = {
     states.FAILED: "xinhe_jobs_failed_total",
     states.CANCELLED: "xinhe_jobs_cancelled_total",
     states.PREEMPTED: "xinhe_jobs_preempted_total",
-    states.MIGRATING: "xinhe_jobs_migrated_total",
 }
 RETRIED = "xinhe_jobs_retried_total"
+# Counted by the migration service, which knows why a job moves (the store
+# sees only RUNNING -> MIGRATING): see :meth:`ControlPlaneMetrics.job_migrated`.
+MIGRATED = "xinhe_jobs_migrated_total"
 
 
 class RoundLike(Protocol):
@@ -68,7 +70,7 @@ class ControlPlaneMetrics:
 
     INSTRUMENTED = (
         "xinhe_controlplane_build_info", "xinhe_controlplane_ready",
-        "xinhe_jobs_submitted_total", *STATE_COUNTERS.values(), RETRIED,
+        "xinhe_jobs_submitted_total", *STATE_COUNTERS.values(), RETRIED, MIGRATED,
         "xinhe_job_queue_wait_seconds", "xinhe_job_run_duration_seconds",
         "xinhe_scheduler_round_duration_seconds", "xinhe_scheduler_round_placements",
         "xinhe_scheduler_placements_total", "xinhe_grpc_requests_total",
@@ -112,6 +114,16 @@ class ControlPlaneMetrics:
                 self._m[counter].labels(**labels).inc()
             if states.is_terminal(t.to_state):
                 self._finished(job, labels)
+
+    def job_migrated(self, job: common_pb2.Job, trigger: str) -> None:
+        """Count a committed RUNNING -> MIGRATING move of ``job``; ``trigger``
+        is one of ``metrics.MIGRATION_TRIGGERS`` (ValueError otherwise, so the
+        label stays bounded)."""
+        if trigger not in m.MIGRATION_TRIGGERS:
+            raise ValueError(f"migration trigger {trigger!r} is not one of "
+                             f"{', '.join(m.MIGRATION_TRIGGERS)}")
+        self._m[MIGRATED].labels(tenant=job.tenant, family=job_family(job),
+                                 trigger=trigger).inc()
 
     def _observe_wait(self, job: common_pb2.Job, now: float, labels: dict[str, str]) -> None:
         with self._lock:

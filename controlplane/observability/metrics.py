@@ -46,6 +46,8 @@ STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
                  0.25, 0.5, 1, 2.5, 5)
 
 JOB = ("tenant", "family")
+# Why a migration started (the bounded ``trigger`` label of xinhe_jobs_migrated_total).
+MIGRATION_TRIGGERS = ("request", "policy")
 POOL = ("pool", "region", "family")
 DEVICE = ("node", "pool", "family", "model", "device")
 
@@ -113,7 +115,10 @@ DEFINITIONS: tuple[MetricDef, ...] = (
          "Job attempts requeued after a replica failure or a lost node.", JOB),
     _def("xinhe_jobs_preempted_total", C, "Jobs evicted for higher-priority work.", JOB),
     _def("xinhe_jobs_migrated_total", C,
-         "Jobs told to checkpoint and move to other devices.", JOB),
+         "Jobs told to checkpoint and move to other devices, by trigger: request (a "
+         "tenant's or operator's migrate call) or policy (the policy file's migration "
+         "section). Preemptions are counted by xinhe_jobs_preempted_total.",
+         (*JOB, "trigger")),
     _def("xinhe_job_queue_wait_seconds", H,
          "Time from entering the queue (submission or requeue) to placement.", JOB,
          buckets=QUEUE_WAIT_BUCKETS),

@@ -23,7 +23,7 @@ from xinhe.v1 import common_pb2
 READS = frozenset({
     "get_job", "find_job_by_key", "list_jobs", "jobs_in_states", "count_jobs_by_state",
     "events", "replicas", "replicas_on_node", "logs", "get_node", "list_nodes", "close",
-    "find_token", "list_tokens", "tokens_exist", "audit_events",
+    "find_token", "list_tokens", "tokens_exist", "audit_events", "load_throughput",
 })
 # Outcomes the callers expect and handle (a lost compare-and-set, an unknown
 # name): not store failures, so they do not feed the store-errors alert.

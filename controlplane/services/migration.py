@@ -23,6 +23,7 @@ event says so. Nothing before that checkpoint is ever lost.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -75,6 +76,9 @@ class MigrationService:
         self.checkpoint_timeout_s = checkpoint_timeout_s
         self._last_sent: dict[tuple[str, int], float] = {}
         self._timeouts: dict[tuple[str, int], float] = {}
+        # Observer of each committed start, with its trigger ("request" |
+        # "policy"): the metrics exporter; None = nobody.
+        self.on_migrated: Callable[[common_pb2.Job, str], None] | None = None
 
     def migrate(self, job_id: str, target: str, reason: str, scope: str | None = None,
                 checkpoint_timeout_s: float = 0.0) -> common_pb2.Job:
@@ -88,10 +92,20 @@ class MigrationService:
         if not 0 <= checkpoint_timeout_s <= MAX_CHECKPOINT_TIMEOUT_S:
             raise InvalidArgument("checkpoint_timeout",
                                   f"between 0 (default) and {MAX_CHECKPOINT_TIMEOUT_S:g}s")
+        with self.ctx.lock:
+            self.jobs.get(job_id, scope)  # NotFound (or not the tenant's) before the target
+            resolved = self._resolve(target)
+        return self.migrate_to(job_id, resolved, reason, scope, checkpoint_timeout_s)
+
+    def migrate_to(self, job_id: str, resolved: Target, reason: str, scope: str | None = None,
+                   checkpoint_timeout_s: float = 0.0,
+                   trigger: str = "request") -> common_pb2.Job:
+        """:meth:`migrate` to an already resolved target (the migration policy's
+        proposals name a model, with ``trigger="policy"``); the same checks,
+        the same protocol."""
         ctx = self.ctx
         with ctx.lock:
             job = self.jobs.get(job_id, scope)
-            resolved = self._resolve(target)
             self._check_migratable(job, resolved)
             message = f"migrating to {resolved.kind} {resolved.name}"
             if reason:
@@ -106,6 +120,8 @@ class MigrationService:
             self._timeouts[(job.id, job.attempt)] = (checkpoint_timeout_s
                                                      or self.checkpoint_timeout_s)
         log.info("job %s: %s", job.id, message)
+        if self.on_migrated is not None:
+            self.on_migrated(updated, trigger)
         self._send_checkpoints(rows, message)
         ctx.notifier.notify()
         return updated

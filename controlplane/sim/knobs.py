@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from controlplane.scheduler.core_migrate import MigrationKnobs
 from controlplane.scheduler.types import Policy, Quota
 from controlplane.sim.errors import SimInputError
 
@@ -46,3 +47,38 @@ def with_knobs(policies: Sequence[object], quotas: tuple[Quota, ...],
             policy.policy = replace(  # type: ignore[attr-defined]
                 core, quotas=quotas, max_preemptions_per_round=max_preemptions,
                 preemption_cooldown_s=cooldown_s)
+
+
+def with_migration(policies: Sequence[object], restart_cost_s: float, per_round: int) -> None:
+    """Set the restart cost and moves per round (0 = never) on every policy
+    that migrates; policies without migration stay without."""
+    if restart_cost_s < 0 or per_round < 0:
+        raise SimInputError("--restart-cost and --migrations-per-round must be >= 0")
+    for policy in policies:
+        knobs: MigrationKnobs | None = getattr(policy, "migration", None)
+        if isinstance(knobs, MigrationKnobs) and knobs.enabled:
+            policy.migration = replace(  # type: ignore[attr-defined]
+                knobs, restart_cost_s=restart_cost_s, max_per_round=per_round,
+                enabled=per_round > 0)
+
+
+# What `xinhe simulate --objective` accepts: the trace names no family order
+# the pinned objective could use (the pinned baseline policy does that).
+SIM_OBJECTIVES = ("fastest", "cost", "energy")
+
+
+def with_objective(policies: Sequence[object], objective: str) -> None:
+    """Give every job of the trace ``objective`` (the core's default
+    objective) on every policy that drives the core; the trace format has
+    no column for it. Migration chases finish time (a faster chip), so
+    under ``cost`` or ``energy`` jobs stay where the objective put them."""
+    if objective not in SIM_OBJECTIVES:
+        raise SimInputError(f"--objective must be one of {', '.join(SIM_OBJECTIVES)}, "
+                            f"got {objective!r}")
+    for policy in policies:
+        core: Policy | None = getattr(policy, "policy", None)
+        if isinstance(core, Policy):
+            policy.policy = replace(core, default_objective=objective)  # type: ignore[attr-defined]
+        knobs: MigrationKnobs | None = getattr(policy, "migration", None)
+        if objective != "fastest" and isinstance(knobs, MigrationKnobs):
+            policy.migration = replace(knobs, enabled=False)  # type: ignore[attr-defined]

@@ -4,7 +4,10 @@
   (``controlplane.scheduler.core.schedule``) on a snapshot of the simulated
   fleet: no copy of its logic lives here.
   ``xinhe-fair`` is the same with ``Policy.fair_share`` (tenants in
-  weighted fair-share order instead of submission order).
+  weighted fair-share order instead of submission order). After each
+  round's placements it asks the core's ``propose_migrations`` whether a
+  running job should move to a faster chip left free (``controlplane.sim.
+  migrate``); ``xinhe-static`` is the same policy without migration.
 * :class:`FifoFirstFit` is the heterogeneity-agnostic baseline: jobs
   strictly in submission order (priority ignored), each on the first pool in
   fleet order where its gang fits now, nodes first-fit. Strict FIFO means
@@ -25,8 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from controlplane.scheduler.core import schedule
+from controlplane.scheduler.core_migrate import MigrationKnobs
 from controlplane.scheduler.types import PendingJob, Policy
 from controlplane.sim.fleet import Pool
+from controlplane.sim.migrate import migrations
 from controlplane.sim.speeds import Physics, fits
 from controlplane.sim.state import (
     Cluster,
@@ -38,6 +43,11 @@ from controlplane.sim.state import (
 )
 from controlplane.sim.trace import TraceJob
 
+# Migration as the simulated Xinhe policy uses it (rate-limited: a few moves
+# a round, none of one job within 10 minutes of its last).
+MIGRATE = MigrationKnobs(enabled=True, min_gain_ratio=1.3, restart_cost_s=60.0,
+                         max_per_round=4, cooldown_s=600.0)
+
 
 @dataclass
 class XinheCorePolicy:
@@ -45,15 +55,33 @@ class XinheCorePolicy:
 
     policy: Policy = field(default_factory=Policy)
     name: str = "xinhe"
+    migration: MigrationKnobs = field(default_factory=lambda: MIGRATE)
 
     def round(self, view: RoundView) -> RoundResult:
         pending = [self.pending(q, view.physics) for q in view.queue]
-        decisions = schedule(view.snapshot(), pending, self.policy, view.now)
-        return RoundResult(tuple(view.placement(d) for d in decisions.placements),
-                           tuple(p.job_id for p in decisions.preemptions))
+        decisions = schedule(view.snapshot(), pending, self.core_policy(view), view.now)
+        placed = tuple(view.placement(d) for d in decisions.placements)
+        preempted = tuple(p.job_id for p in decisions.preemptions)
+        moving = () if preempted else migrations(view, placed, self.migration)
+        return RoundResult(placed, preempted, moving)
 
     def pending(self, queued: QueuedJob, physics: Physics) -> PendingJob:
         return pending_job(queued)
+
+    def core_policy(self, view: RoundView) -> Policy:
+        """The core's knobs; with migration on, a job that would wait for a
+        faster busy chip may start on a slower free one and move later,
+        paying the restart and redoing, on average, half a checkpoint
+        interval of its run there."""
+        knobs = self.migration
+        if not knobs.enabled:
+            return self.policy
+        want = replace(self.policy, start_then_migrate=True,
+                       migration_restart_cost_s=knobs.restart_cost_s,
+                       migration_lost_work_s=view.checkpoint_every_s / 2)
+        if want != self.policy:
+            self.policy = want
+        return self.policy
 
 
 @dataclass
@@ -61,6 +89,7 @@ class PinnedFamily(XinheCorePolicy):
     """The core with each job narrowed to its first family (see module doc)."""
 
     name: str = "pinned"
+    migration: MigrationKnobs = field(default_factory=MigrationKnobs)  # one stack: no moves
     _pins: dict[str, PendingJob] = field(default_factory=dict, repr=False)
 
     def pending(self, queued: QueuedJob, physics: Physics) -> PendingJob:
@@ -157,8 +186,13 @@ def xinhe_fair() -> XinheCorePolicy:
     return XinheCorePolicy(Policy(fair_share=True), name="xinhe-fair")
 
 
+def xinhe_static() -> XinheCorePolicy:
+    """The core without migration: a job stays on the chip it started on."""
+    return XinheCorePolicy(name="xinhe-static", migration=MigrationKnobs())
+
+
 POLICIES = {"xinhe": XinheCorePolicy, "fifo": FifoFirstFit, "pinned": PinnedFamily,
-            "xinhe-fair": xinhe_fair}
+            "xinhe-fair": xinhe_fair, "xinhe-static": xinhe_static}
 
 
 def make_policies(names: str | Sequence[str]) -> list[XinheCorePolicy | FifoFirstFit]:

@@ -5,14 +5,20 @@
 * Lower bound = every job alone on its fastest fitting chip, no wait: the
   average of those runtimes, beside each policy's average JCT.
 * Utilisation per family (and per model): busy device-seconds over device-
-  seconds, integrated only over the time some queued job could have used
-  that family ("while work is waiting"), and over the whole makespan.
+  seconds. ``utilisation_while_waiting``: integrated only over the time at
+  least one queued job could run on that family (its filters allow the
+  family and some pool of it fits the gang's devices and memory), so a
+  family nothing could use is not counted idle; ``utilisation``: over the
+  whole makespan. Both per family in JSON; the table shows both, as
+  ``waiting%/overall%``.
 * Fairness: Jain's index over tenants of their mean normalised service,
   x_t = mean over the tenant's jobs of (lower-bound runtime / JCT), in
   (0, 1]; 1.0 = every tenant is served equally close to its physical limit.
 * Per tenant: device-hours held, of them on borrowed capacity (beyond the
-  nominal quota), device-hours of work lost to preemption (run since the
-  last checkpoint), and how often its jobs were preempted.
+  nominal quota), device-hours of work lost when its jobs were stopped,
+  by preemption or by migration (``lost_device_hours``: run since the last
+  checkpoint, redone after the restart), and how often its jobs were
+  preempted. Migrations are counted in the run's ``migrations``.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ def summarize(result: SimResult, physics: Physics) -> dict[str, Any]:
         "utilisation_by_model": model_utilisation(result.timeline, physics),
         "fairness_jain": fairness(result, best),
         "preemptions": result.preemptions,
+        "migrations": result.migrations,
+        **spend(result, physics),
         "tenants": tenant_use(result),
         "rounds": result.rounds,
         "unfinished": len(result.unfinished),
@@ -72,8 +80,23 @@ def summarize(result: SimResult, physics: Physics) -> dict[str, Any]:
     }
 
 
+def spend(result: SimResult, physics: Physics) -> dict[str, Any]:
+    """Device-hours held, their cost (x each pool's price per device-hour)
+    and energy in kWh (x each model's power), in all and per pool."""
+    pools = {p.name: p for p in physics.fleet.pools}
+    hours = {name: result.pool_device_s[name] / 3600 for name in pools}
+    cost = {name: h * pools[name].cost_per_device_hour for name, h in hours.items()}
+    kwh = {name: h * physics.catalogue.power_w(pools[name].model) / 1000
+           for name, h in hours.items()}
+    return {"device_hours": sum(hours.values()), "cost": sum(cost.values()),
+            "energy_kwh": sum(kwh.values()),
+            "by_pool": {name: {"device_hours": hours[name], "cost": cost[name],
+                               "energy_kwh": kwh[name]} for name in pools}}
+
+
 def tenant_use(result: SimResult) -> dict[str, dict[str, float]]:
-    """Quota use and preemption cost per tenant (see module doc)."""
+    """Quota use and the work lost to preemption and migration per tenant
+    (see module doc)."""
     preempted: dict[str, int] = defaultdict(int)
     for r in result.records:
         preempted[r.job.tenant] += r.preemptions
@@ -144,16 +167,21 @@ def compare(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def table(summaries: Sequence[dict[str, Any]]) -> str:
     """A plain-text table, one row per policy (times in hours)."""
-    head = (f"{'policy':<8} {'avg JCT h':>10} {'(bound)':>8} {'p99 JCT h':>10} "
+    head = (f"{'policy':<12} {'avg JCT h':>10} {'(bound)':>8} {'p99 JCT h':>10} "
             f"{'avg wait h':>10} {'p99 wait h':>10} {'makespan h':>10} {'fair':>5} "
-            f"{'preempt':>7}  utilisation while waiting")
+            f"{'preempt':>7} {'migrate':>7} {'cost':>10} {'MWh':>8}  "
+            "utilisation per family: while work waits/overall")
     rows = [head]
     for s in summaries:
-        util = " ".join(f"{f}={_pct(u)}" for f, u in s["utilisation_while_waiting"].items())
+        overall = s["utilisation"]
+        util = " ".join(f"{f}={_pct(u)}/{_pct(overall.get(f))}"
+                        for f, u in s["utilisation_while_waiting"].items())
         rows.append(
-            f"{s['policy']:<8} {_h(s['avg_jct_s']):>10} {_h(s['lower_bound_avg_jct_s']):>8} "
+            f"{s['policy']:<12} {_h(s['avg_jct_s']):>10} {_h(s['lower_bound_avg_jct_s']):>8} "
             f"{_h(s['p99_jct_s']):>10} {_h(s['avg_wait_s']):>10} {_h(s['p99_wait_s']):>10} "
-            f"{_h(s['makespan_s']):>10} {s['fairness_jain']:>5.2f} {s['preemptions']:>7}  {util}")
+            f"{_h(s['makespan_s']):>10} {s['fairness_jain']:>5.2f} {s['preemptions']:>7} "
+            f"{s.get('migrations', 0):>7} {s.get('cost', 0.0):>10.1f} "
+            f"{s.get('energy_kwh', 0.0) / 1000:>8.2f}  {util}")
         rows.extend(_tenant_rows(s))
     return "\n".join(rows)
 
@@ -165,7 +193,8 @@ def _tenant_rows(summary: dict[str, Any]) -> list[str]:
         return []
     return [f"  {name}: {t['device_hours']:.1f} device-h, "
             f"borrowed {t['borrowed_device_hours']:.1f}, "
-            f"lost to preemption {t['lost_device_hours']:.1f}, preempted {t['preempted']}x"
+            f"lost to preemption/migration {t['lost_device_hours']:.1f}, "
+            f"preempted {t['preempted']}x"
             for name, t in tenants.items()]
 
 

@@ -24,7 +24,10 @@ class Comparison:
 
 def run_policies(jobs: Sequence[TraceJob], physics: Physics,
                  policies: Sequence[SchedulingPolicy],
-                 checkpoint_every_s: float = 600.0) -> Comparison:
-    """Simulate each policy on the same input (deterministic)."""
-    results = tuple(simulate(jobs, physics, p, checkpoint_every_s) for p in policies)
+                 checkpoint_every_s: float = 600.0,
+                 restart_cost_s: float = 60.0) -> Comparison:
+    """Simulate each policy on the same input (deterministic); a migrated
+    job spends ``restart_cost_s`` restarting."""
+    results = tuple(simulate(jobs, physics, p, checkpoint_every_s, restart_cost_s)
+                    for p in policies)
     return Comparison(results, tuple(summarize(r, physics) for r in results))

@@ -32,6 +32,10 @@ class Physics:
         """The chip-profile prior of every fleet model, for the core's snapshot."""
         return tuple((m, self.catalogue.relative_speed(m)) for m in sorted(self.fleet.models()))
 
+    def model_power(self) -> tuple[tuple[str, float], ...]:
+        """Watts per device of every fleet model (the catalogue's TDP)."""
+        return tuple((m, self.catalogue.power_w(m)) for m in sorted(self.fleet.models()))
+
     def speed(self, job: TraceJob, model: str) -> float:
         for own, factor in job.speed:
             if own == model:

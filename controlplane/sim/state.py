@@ -17,6 +17,7 @@ from controlplane.scheduler.types import (
     NodeView,
     PendingJob,
     PlacementDecision,
+    ReplicaAssignment,
     RunningView,
 )
 from controlplane.sim.fleet import Fleet, Pool
@@ -39,6 +40,9 @@ class RoundResult:
     placements: tuple[SimPlacement, ...] = ()
     # Running jobs to stop and requeue (their progress is kept: checkpointed).
     preemptions: tuple[str, ...] = ()
+    # Running jobs to move: stopped where they run and restarted at once on
+    # these devices, from their last checkpoint, after the restart cost.
+    migrations: tuple[SimPlacement, ...] = ()
 
 
 @dataclass
@@ -51,6 +55,7 @@ class QueuedJob:
     eligible_families: frozenset[str] = frozenset()
     pending: PendingJob | None = None  # the core's view, rebuilt when remaining changes
     last_preempted_at: float | None = None
+    last_migrated_at: float | None = None
 
 
 @dataclass
@@ -63,6 +68,13 @@ class RunningJob:
     epoch: int  # completion events of an older epoch are stale (preempted)
     view: RunningView | None = field(default=None, repr=False)
     borrowed: bool = False
+    # Seconds at the start spent restarting (a migration's cost): no progress.
+    overhead_s: float = 0.0
+
+    def work_fraction(self, ran_s: float) -> float:
+        """Share of this run's work done after ``ran_s`` seconds of it."""
+        span = self.end - self.start - self.overhead_s
+        return min(max(ran_s - self.overhead_s, 0.0) / span, 1.0) if span > 0 else 1.0
 
 
 class Cluster:
@@ -99,8 +111,9 @@ class Cluster:
         for node, count in devices:
             self.free[node] += count
 
-    def node_views(self) -> tuple[NodeView, ...]:
-        return tuple(self._view(i, f) for i, f in enumerate(self.free))
+    def node_views(self, free: Sequence[int] | None = None) -> tuple[NodeView, ...]:
+        """Views of every node; ``free``: per-node free counts other than now's."""
+        return tuple(self._view(i, f) for i, f in enumerate(self.free if free is None else free))
 
     def _view(self, node: int, free: int) -> NodeView:
         view = self._views[node][free]
@@ -111,6 +124,7 @@ class Cluster:
                 family=pool.family, model=pool.model,
                 device_memory_bytes=pool.device_memory_bytes,
                 total_devices=pool.devices_per_node, free_devices=tuple(range(free)),
+                cost_per_device_hour=pool.cost_per_device_hour,
             )
         return view
 
@@ -135,6 +149,7 @@ class RoundView:
             nodes=self.cluster.node_views(),
             running=tuple(self._running_view(r) for r in self.running),
             model_speed=self.physics.model_speeds(),
+            model_power_w=self.physics.model_power(),
         )
 
     def _running_view(self, run: RunningJob) -> RunningView:
@@ -146,13 +161,17 @@ class RoundView:
 
     def placement(self, decision: PlacementDecision) -> SimPlacement:
         """A core decision in the engine's terms (devices counted per node)."""
+        return self.on_devices(decision.job_id, decision.replicas, decision.borrowed)
+
+    def on_devices(self, job_id: str, replicas: Sequence[ReplicaAssignment],
+                   borrowed: bool = False) -> SimPlacement:
+        """Replica assignments of the core as devices counted per node."""
         counts: dict[int, int] = {}
-        for replica in decision.replicas:
+        for replica in replicas:
             node = self.cluster.node_index[replica.node]
             counts[node] = counts.get(node, 0) + len(replica.device_indices)
         pool = self.cluster.node_pool[next(iter(counts))]
-        return SimPlacement(decision.job_id, pool, tuple(sorted(counts.items())),
-                            decision.borrowed)
+        return SimPlacement(job_id, pool, tuple(sorted(counts.items())), borrowed)
 
 
 def running_view(run: RunningJob, cluster: Cluster) -> RunningView:

@@ -177,7 +177,10 @@ def scheduler() -> Dashboard:
             f"sum(rate(xinhe_scheduler_round_placements_count[{RATE}]))", "mean")),
         ts("Preemptions, migrations and retries per second",
            (f"sum(rate(xinhe_jobs_preempted_total[{RATE}])) or vector(0)", "preempted"),
-           (f"sum(rate(xinhe_jobs_migrated_total[{RATE}])) or vector(0)", "migrated"),
+           # Split by trigger (request | policy); "or on() vector(0)" adds a zero
+           # only while no migration has been counted (no unlabelled extra series).
+           (f"sum by (trigger) (rate(xinhe_jobs_migrated_total[{RATE}])) or on() vector(0)",
+            "migrated {{trigger}}"),
            (f"sum(rate(xinhe_jobs_retried_total[{RATE}])) or vector(0)", "retried"),
            unit="ops"),
         ts("gRPC calls per second by method and code",

@@ -1,0 +1,205 @@
+"""Policy-triggered migration: move running jobs to much faster chips that
+have come free (off by default).
+
+After each scheduling round, at most every ``min_interval_s``, the running
+checkpointable jobs and the devices the round left free go to the pure
+``core_migrate.propose_migrations``; each proposal goes through the same
+path as ``xinhe migrate`` (:meth:`MigrationService.migrate_to`: checkpoint,
+stop, re-place on the target, resume), with the reason "policy: ..." in
+the job's events. Queued work comes first: when the round left jobs
+waiting, nothing is moved (free devices may be what they wait for).
+
+The policy file's section (every key optional)::
+
+    migration:
+      enabled: false        # off by default
+      min_gain_ratio: 1.3   # stay >= ratio x move (remaining times, costs included)
+      restart_cost_s: 60    # checkpoint + stop + reschedule + restore
+      max_per_round: 1      # moves per evaluation
+      min_interval_s: 30    # seconds between evaluations (rate limit)
+      cooldown_s: 600       # a job moved less than this ago stays put
+
+Work left is the job's reference runtime minus what its current attempt has
+done at its chip's speed (learned throughput when known); work since the last
+checkpoint is taken as none, because a migration asks for a checkpoint first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.api.errors import DomainError
+from controlplane.model import states
+from controlplane.scheduler.core_estimate import job_speed, speed_table
+from controlplane.scheduler.core_migrate import (
+    MigrationKnobs,
+    MigrationProposal,
+    RunningJob,
+    propose_migrations,
+)
+from controlplane.scheduler.types import ClusterSnapshot, PendingJob, Policy
+from controlplane.services.context import Context
+from controlplane.services.migration import MigrationService
+from controlplane.services.migration_target import MODEL, Target
+from controlplane.services.scheduling import RoundResult, model_speeds
+from controlplane.services.throughput import job_type
+from controlplane.services.translate import node_views, pending_job
+from controlplane.store.base import ConflictError
+from controlplane.store.transitions import seconds
+from xinhe.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+POLICY_PREFIX = "policy: "
+
+
+class MigrationPolicyError(ValueError):
+    """A bad ``migration:`` section; the message names the key."""
+
+
+@dataclass(frozen=True)
+class MigrationPolicy:
+    """The ``migration:`` section of the policy file (see module doc)."""
+
+    enabled: bool = False
+    min_gain_ratio: float = 1.3
+    restart_cost_s: float = 60.0
+    max_per_round: int = 1
+    min_interval_s: float = 30.0
+    cooldown_s: float = 600.0
+
+    def knobs(self) -> MigrationKnobs:
+        return MigrationKnobs(enabled=self.enabled, min_gain_ratio=self.min_gain_ratio,
+                              restart_cost_s=self.restart_cost_s,
+                              max_per_round=self.max_per_round, cooldown_s=self.cooldown_s)
+
+
+# key -> (integer?, lower bound)
+_KEYS: dict[str, tuple[bool, float]] = {
+    "min_gain_ratio": (False, 1.0), "restart_cost_s": (False, 0.0),
+    "max_per_round": (True, 0.0), "min_interval_s": (False, 0.0), "cooldown_s": (False, 0.0),
+}
+
+
+def parse_migration(value: Any) -> MigrationPolicy:
+    """The section as a MigrationPolicy (None = defaults: off)."""
+    if value is None:
+        return MigrationPolicy()
+    if not isinstance(value, Mapping):
+        raise MigrationPolicyError("migration: expected a mapping of migration keys")
+    unknown = sorted(str(k) for k in value if k not in {*_KEYS, "enabled"})
+    if unknown:
+        raise MigrationPolicyError(f"migration: unknown key(s) {', '.join(unknown)}; known: "
+                                   f"{', '.join(sorted({*_KEYS, 'enabled'}))}")
+    changes: dict[str, Any] = {}
+    if "enabled" in value:
+        if not isinstance(value["enabled"], bool):
+            raise MigrationPolicyError(
+                f"migration.enabled: expected true or false, got {value['enabled']!r}")
+        changes["enabled"] = value["enabled"]
+    for key, (integer, low) in _KEYS.items():
+        if key not in value:
+            continue
+        raw = value[key]
+        ok = isinstance(raw, int) if integer else isinstance(raw, int | float)
+        if isinstance(raw, bool) or not ok or not math.isfinite(raw) or raw < low:
+            what = "an integer" if integer else "a number"
+            raise MigrationPolicyError(f"migration.{key}: expected {what} >= {low:g}, "
+                                       f"got {raw!r}")
+        changes[key] = int(raw) if integer else float(raw)
+    return MigrationPolicy(**changes)
+
+
+class PolicyMigrations:
+    """Evaluates the migration policy after scheduling rounds."""
+
+    def __init__(self, ctx: Context, migrations: MigrationService, config: MigrationPolicy,
+                 default_runtime_s: float = 3600.0, policy: Policy | None = None) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.migrations = migrations
+        self.config = config
+        self.default_runtime_s = default_runtime_s
+        self._evaluated_at: float | None = None
+        self._moved_at: dict[str, float] = {}  # job -> last policy move (rate limit)
+        self.moves = 0  # proposals started since start (tests, logs)
+
+    def after_round(self, result: RoundResult | None, now: float) -> list[str]:
+        """Start the moves worth making now; the ids of the jobs moved."""
+        cfg = self.config
+        if not cfg.enabled or cfg.max_per_round <= 0:
+            return []
+        if result is not None and result.placed < result.pending:
+            return []  # queued work first
+        if self._evaluated_at is not None and now - self._evaluated_at < cfg.min_interval_s:
+            return []
+        self._evaluated_at = now
+        proposals = self.propose(now)
+        return [p.job_id for p in proposals if self._start(p, now)]
+
+    def propose(self, now: float) -> tuple[MigrationProposal, ...]:
+        """What the core proposes for the fleet and running jobs as they are."""
+        ctx = self.ctx
+        with ctx.lock:
+            running = [j for j in ctx.store.jobs_in_states([states.RUNNING])
+                       if j.spec.checkpoint_dir and j.placement.replicas]
+            if not running:
+                return ()
+            snap = ClusterSnapshot(
+                nodes=tuple(node_views(ctx.fleet.nodes(), ctx.allocations, ctx.catalogue)),
+                model_speed=model_speeds(ctx))
+            speeds = speed_table(snap)
+            runs = [self.running_job(job, now, speeds) for job in running]
+        return propose_migrations(snap, runs, self.config.knobs(), now)
+
+    def running_job(self, job: common_pb2.Job, now: float,
+                    speeds: dict[str, float]) -> RunningJob:
+        """The core's view of a running job: where it is, how much is left."""
+        table = self.ctx.throughput
+        learned = table.speed(job_type(job.spec)) if table is not None else ()
+        pending = pending_job(job, 0, self.ctx.catalogue, learned)
+        placement = job.placement
+        reference = pending.reference_runtime_s or self.default_runtime_s
+        started = seconds(job.started_at) if job.HasField("started_at") else now
+        done = max(0.0, now - started) * job_speed(pending, placement.model, speeds)
+        # Work a stop now would lose: since the newest checkpoint the agent saw in
+        # this attempt; none seen yet = everything since the attempt started.
+        checkpoint = table.last_checkpoint(job.id) if table is not None else None
+        since_checkpoint = max(0.0, now - max(checkpoint or started, started))
+        return RunningJob(
+            job_id=job.id, pool=placement.pool, model=placement.model,
+            replicas=len(placement.replicas), devices_per_replica=pending.devices_per_replica,
+            remaining_reference_s=max(0.0, reference - done), tenant=job.tenant,
+            priority=pending.priority, min_device_memory_bytes=pending.min_device_memory_bytes,
+            families=pending.families, models=pending.models, speed=pending.speed,
+            last_migrated_at=self._moved_at.get(job.id),
+            seconds_since_checkpoint=since_checkpoint,
+            # The policy moves jobs to where they finish sooner: a job placed for
+            # cost, energy or a pinned family chose its chip for another reason.
+            migratable=self._objective(pending) == "fastest")
+
+    def _objective(self, pending: PendingJob) -> str:
+        """The job's objective as the core resolves it: its own, its queue's, the default."""
+        if pending.objective:
+            return pending.objective
+        if self.policy is None:
+            return "fastest"
+        return dict(self.policy.queue_objectives).get(pending.queue,
+                                                      self.policy.default_objective or "fastest")
+
+    def _start(self, proposal: MigrationProposal, now: float) -> bool:
+        reason = POLICY_PREFIX + proposal.reason
+        try:
+            self.migrations.migrate_to(proposal.job_id, Target(MODEL, proposal.target_model),
+                                       reason, trigger="policy")
+        except (DomainError, ConflictError) as err:  # it ended or moved meanwhile: skip it
+            log.info("policy migration of %s not started: %s", proposal.job_id, err)
+            return False
+        self._moved_at[proposal.job_id] = now
+        self.moves += 1
+        log.info("job %s: %s", proposal.job_id, reason)
+        return True

@@ -1,0 +1,163 @@
+"""Policy-triggered migration in the control plane's own services (real
+SQLite store, scheduler, reconciler; agents played by the test): a job on a
+slow chip moves once a much faster one frees, through the `xinhe migrate`
+path, rate limited, and never while queued work waits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.model.catalogue import default_catalogue
+from controlplane.scheduler.host import InlineHost
+from controlplane.services.controller import Controller
+from controlplane.services.migration_policy import (
+    MigrationPolicy,
+    MigrationPolicyError,
+    parse_migration,
+)
+from controlplane.services.policy import PolicyError, load_migration_policy, parse_policy
+from controlplane.settings import ServerSettings
+from controlplane.store.sqlite import SqliteStore
+from tests.unit.test_migration_service import Clock, connect, drain, report
+from xinhe.v1 import agent_pb2, common_pb2
+
+J, R = common_pb2, agent_pb2
+ON = MigrationPolicy(enabled=True, min_gain_ratio=1.5, restart_cost_s=60, max_per_round=1,
+                     min_interval_s=30, cooldown_s=600)
+
+
+def make(tmp_path: Path, clock: Clock, migration: MigrationPolicy) -> Controller:
+    store = SqliteStore(tmp_path / f"x-{migration.enabled}.db")
+    return Controller(store, default_catalogue(), ServerSettings(), InlineHost(), clock=clock,
+                      migration=migration)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def controller(tmp_path: Path, clock: Clock) -> Iterator[Controller]:
+    c = make(tmp_path, clock, ON)
+    yield c
+    c.ctx.store.close()
+
+
+def submit(controller: Controller, name: str, families: tuple[str, ...],
+           checkpoint_dir: str = "/shared/ckpt", runtime_s: int = 36000) -> str:
+    spec = J.JobSpec(name=name, queue="lab-a/default", command=["true"], replicas=1,
+                     checkpoint_dir=checkpoint_dir)
+    spec.resources.accelerators = 2
+    spec.resources.families.extend(families)
+    spec.reference_runtime.FromSeconds(runtime_s)
+    job, _ = controller.jobs.submit(spec, "")
+    return job.id
+
+
+def start(controller: Controller, sessions: dict, job_id: str) -> agent_pb2.LaunchReplica:
+    controller.tick()
+    node = controller.jobs.get(job_id).placement.replicas[0].node
+    [launch] = drain(sessions[node], "launch")
+    report(controller, node, launch.ref, R.REPLICA_STATE_RUNNING)
+    assert controller.jobs.get(job_id).state == J.JOB_STATE_RUNNING
+    return launch
+
+
+def slow_job_while_fast_is_busy(controller: Controller) -> tuple[dict, str, str, object]:
+    sessions = {"fast": connect(controller, "fast", "h100", "H100", "nvidia"),
+                "slow": connect(controller, "slow", "mlu", "MLU370-X8", "cambricon")}
+    # Expected to run for ages: waiting for it would be slower than the slow chip.
+    blocker = submit(controller, "blocker", ("nvidia",), checkpoint_dir="", runtime_s=10**6)
+    blocker_launch = start(controller, sessions, blocker)
+    job = submit(controller, "train", ())
+    start(controller, sessions, job)
+    assert controller.jobs.get(job).placement.family == "cambricon"
+    return sessions, blocker, job, blocker_launch
+
+
+def test_a_job_moves_to_the_fast_chip_once_it_frees(controller: Controller, clock: Clock):
+    sessions, _blocker, job, blocker_launch = slow_job_while_fast_is_busy(controller)
+    controller.tick()
+    assert controller.jobs.get(job).state == J.JOB_STATE_RUNNING  # nothing faster is free
+    report(controller, "fast", blocker_launch.ref, R.REPLICA_STATE_SUCCEEDED)
+    clock.now += 31  # past min_interval_s
+    controller.tick()
+    moving = controller.jobs.get(job)
+    assert moving.state == J.JOB_STATE_MIGRATING and moving.placement_target == "model:H100"
+    [request] = drain(sessions["slow"], "checkpoint")
+    assert request.reason.startswith("migrating to model H100: policy: moving from pool mlu "
+                                     "(MLU370-X8) to pool h100 (H100)")
+    report(controller, "slow", request.ref, R.REPLICA_STATE_STOPPED, "checkpoint step-9 complete")
+    controller.tick()
+    [launch] = drain(sessions["fast"], "launch")
+    report(controller, "fast", launch.ref, R.REPLICA_STATE_RUNNING)
+    moved = controller.jobs.get(job)
+    assert (moved.state, moved.attempt, moved.placement.model) == (J.JOB_STATE_RUNNING, 2,
+                                                                   "H100")
+    assert moved.placement_target == ""  # the pin ends once it runs there
+    kinds = [e.kind for e in controller.jobs.watch(job, 0, False, lambda: True)]
+    assert kinds[-5:] == ["migrating", "migrated", "placed", "started", "running"]
+    assert controller.policy_migrations.moves == 1
+
+
+def test_rate_limited_and_queued_work_first(controller: Controller, clock: Clock):
+    sessions, _blocker, job, blocker_launch = slow_job_while_fast_is_busy(controller)
+    report(controller, "fast", blocker_launch.ref, R.REPLICA_STATE_SUCCEEDED)
+    controller.tick()  # within min_interval_s of the previous evaluation
+    assert controller.jobs.get(job).state == J.JOB_STATE_RUNNING
+    waiting = submit(controller, "waits", ("cambricon",))  # for the slow node, busy
+    clock.now += 31
+    result = controller.tick()
+    assert (result.pending, result.placed) == (1, 0)
+    assert controller.jobs.get(job).state == J.JOB_STATE_RUNNING  # queued work first
+    assert drain(sessions["slow"], "checkpoint") == []
+    controller.jobs.cancel(waiting, "test", None)
+    controller.tick()
+    assert controller.jobs.get(job).state == J.JOB_STATE_MIGRATING
+
+
+def test_off_by_default(tmp_path: Path, clock: Clock):
+    controller = make(tmp_path, clock, MigrationPolicy())
+    try:
+        _sessions, _blocker, job, blocker_launch = slow_job_while_fast_is_busy(controller)
+        report(controller, "fast", blocker_launch.ref, R.REPLICA_STATE_SUCCEEDED)
+        clock.now += 3600
+        controller.tick()
+        assert controller.jobs.get(job).state == J.JOB_STATE_RUNNING
+        assert controller.policy_migrations.moves == 0
+    finally:
+        controller.ctx.store.close()
+
+
+def test_the_policy_section_is_parsed_and_checked(tmp_path: Path):
+    assert parse_migration(None) == MigrationPolicy() and not MigrationPolicy().enabled
+    got = parse_migration({"enabled": True, "min_gain_ratio": 2, "max_per_round": 3,
+                           "min_interval_s": 5, "restart_cost_s": 10, "cooldown_s": 60})
+    assert got == MigrationPolicy(True, 2.0, 10.0, 3, 5.0, 60.0)
+    assert got.knobs().cooldown_s == 60.0 and got.knobs().enabled
+    for bad, key in (({"enabled": "yes"}, "migration.enabled"),
+                     ({"min_gain_ratio": 0.5}, "migration.min_gain_ratio"),
+                     ({"max_per_round": 1.5}, "migration.max_per_round"),
+                     ({"speed": 1}, "unknown key(s) speed")):
+        with pytest.raises(MigrationPolicyError, match=key.replace("(", r"\(").replace(")", r"\)")):
+            parse_migration(bad)
+        with pytest.raises(PolicyError, match="migration"):
+            parse_policy({"migration": bad})
+    path = tmp_path / "policy.yaml"
+    path.write_text("fair_share: true\nmigration:\n  enabled: true\n  min_interval_s: 1\n")
+    assert parse_policy({"fair_share": True, "migration": {"enabled": True}}).fair_share
+    assert load_migration_policy(path) == MigrationPolicy(enabled=True, min_interval_s=1.0)
+
+
+def test_a_job_placed_for_cost_is_not_moved_for_speed(controller: Controller, clock: Clock):
+    _sessions, _blocker, job, _launch = slow_job_while_fast_is_busy(controller)
+    running = controller.jobs.get(job)
+    running.spec.objective = J.OBJECTIVE_COST
+    view = controller.policy_migrations.running_job(running, clock.now + 31, {})
+    assert not view.migratable and view.seconds_since_checkpoint >= 31
+    fastest = controller.policy_migrations.running_job(controller.jobs.get(job), clock.now, {})
+    assert fastest.migratable

@@ -1,0 +1,102 @@
+"""Migration in the simulator, on cases small enough to compute by hand.
+Speeds are the jobs' own: H100 = 2, MLU370-X8 = 0.5 (as test_sim_engine)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from controlplane.scheduler.core_migrate import MigrationKnobs
+from controlplane.sim.engine import simulate
+from controlplane.sim.errors import SimInputError
+from controlplane.sim.fleet import Fleet
+from controlplane.sim.knobs import with_migration
+from controlplane.sim.policies import MIGRATE, XinheCorePolicy, make_policies
+from controlplane.sim.report import summarize, table
+from controlplane.sim.speeds import Physics
+from tests.unit.test_sim_engine import TWO_CHIPS, job
+
+STATIC = MigrationKnobs()
+
+
+def finishes(jobs, policy, checkpoint_every_s: float = 0.0, fleet: Fleet = TWO_CHIPS):
+    result = simulate(jobs, Physics.of(fleet), policy, checkpoint_every_s)
+    assert not result.unfinished
+    return result, {r.job.job_id: (r.finish, r.model, r.migrations) for r in result.records}
+
+
+def test_a_job_starts_on_the_idle_slow_chip_and_moves_when_the_fast_one_frees() -> None:
+    """a holds the H100 until 500. Waiting, b would finish at 1000; instead it
+    starts on the MLU at 10 (490 s there: 24.5 % of its work), moves at 500,
+    restarts for 60 s and does the remaining 75.5 % in 377.5 s: 937.5."""
+    jobs = [job("a", 0, runtime=1000), job("b", 10, runtime=1000)]
+    _, static = finishes(jobs, XinheCorePolicy(migration=STATIC))
+    assert static["b"] == pytest.approx((1000, "H100", 0))
+    result, moved = finishes(jobs, XinheCorePolicy())
+    assert moved["b"] == pytest.approx((937.5, "H100", 1))
+    assert result.migrations == 1
+    # b's finish on the MLU (at 2010) was cancelled by the move: no sample there
+    assert result.timeline[-1].time == pytest.approx(937.5)
+
+
+def test_a_move_loses_the_work_since_the_last_checkpoint() -> None:
+    """Checkpoints every 400 s. b starts on the MLU at 10 (waiting 890 s for
+    the H100 is not worth it) and moves at 900 after 890 s there: it keeps
+    the checkpoint at 800 s (40 % of its work) and redoes the rest."""
+    jobs = [job("a", 0, runtime=1800), job("b", 10, runtime=1000)]
+    result, got = finishes(jobs, XinheCorePolicy(), checkpoint_every_s=400)
+    assert got["b"] == pytest.approx((900 + 60 + 0.6 * 500, "H100", 1))
+    assert result.lost_device_s["t"] == pytest.approx(90)
+
+
+def test_a_short_wait_is_still_a_wait() -> None:
+    """The H100 frees in 40 s: moving later would not pay the restart."""
+    _, got = finishes([job("a", 0), job("b", 10)], XinheCorePolicy())
+    assert got["b"] == pytest.approx((100, "H100", 0))
+
+
+def test_no_move_when_the_gain_is_too_small() -> None:
+    """A job that runs as fast on the MLU as on the H100 never moves."""
+    same = (("H100", 1.0), ("MLU370-X8", 1.0))
+    jobs = [job("a", 0, runtime=900, speed=same), job("b", 10, runtime=900, speed=same),
+            job("c", 20, runtime=900, speed=same)]
+    result, _ = finishes(jobs, XinheCorePolicy())
+    assert result.migrations == 0
+
+
+def test_the_report_counts_moves_and_labels_both_utilisations() -> None:
+    physics = Physics.of(TWO_CHIPS)
+    jobs = [job("a", 0, runtime=1000), job("b", 10, runtime=1000)]
+    summaries = [summarize(simulate(jobs, physics, p, checkpoint_every_s=0), physics)
+                 for p in make_policies("xinhe,xinhe-static")]
+    assert [s["migrations"] for s in summaries] == [1, 0]
+    # xinhe-static: b waits 10..500 with the MLU idle: cambricon 0 % while work waits.
+    assert summaries[1]["utilisation_while_waiting"]["cambricon"] == 0.0
+    # xinhe: the MLU works whenever b waits (it never waits).
+    assert summaries[0]["utilisation_while_waiting"]["cambricon"] is None
+    text = table(summaries)
+    assert "while work waits/overall" in text and "cambricon=0%/" in text
+
+
+def test_a_family_no_waiting_job_could_use_is_not_counted_idle() -> None:
+    """b may only run on the H100: the idle MLU is not idle *while work waits*."""
+    fleet = TWO_CHIPS
+    jobs = [job("a", 0, runtime=1000, named=("nvidia",)),
+            job("b", 10, runtime=1000, named=("nvidia",))]
+    physics = Physics.of(fleet)
+    summary = summarize(simulate(jobs, physics, XinheCorePolicy()), physics)
+    assert summary["utilisation_while_waiting"] == {"cambricon": None, "nvidia": 1.0}
+    assert summary["utilisation"]["cambricon"] == 0.0
+
+
+def test_migration_knobs_from_the_command_line() -> None:
+    policies = make_policies("xinhe,xinhe-static,pinned,fifo")
+    with_migration(policies, restart_cost_s=120.0, per_round=2)
+    knobs = [getattr(p, "migration", None) for p in policies]
+    assert knobs[0] == replace(MIGRATE, restart_cost_s=120.0, max_per_round=2)
+    assert knobs[1] == knobs[2] == STATIC and knobs[3] is None  # never migrate
+    with_migration(policies, restart_cost_s=60.0, per_round=0)
+    assert not policies[0].migration.enabled
+    with pytest.raises(SimInputError, match="must be >= 0"):
+        with_migration(policies, restart_cost_s=-1.0, per_round=1)
