@@ -5,6 +5,13 @@ the benchmark's fleet and queue (:mod:`.workload`); it is repeated
 ``rounds`` times from the same input to get latency percentiles. Python runs
 it on one thread, so this is a one-core figure. Peak memory is the process's
 peak resident set (``resource``), which includes the inputs.
+
+With ``shards`` > 1 the same input is also scheduled as a sharded round
+(``controlplane.scheduler.shards``): in this process one shard after the
+other (the cost of splitting and merging), and on one Ray actor per shard
+(parallel, plus the cost of shipping each shard's input to its actor).
+Figures are ratios against the unsharded core of the same run; the Ray one
+depends on the cores the machine has (a 2-core box cannot show much).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 from controlplane.bench.naive import naive_first_fit
 from controlplane.bench.workload import NOW, bench_fleet, bench_queue
 from controlplane.scheduler.core import schedule
+from controlplane.scheduler.host import SchedulerHost, ShardedInlineHost
 from controlplane.scheduler.types import ClusterSnapshot, PendingJob, Policy
 
 TARGET_PLACEMENTS_PER_S = 10_000
@@ -60,12 +68,53 @@ def core_round(snapshot: ClusterSnapshot, pending: Sequence[PendingJob]) -> Call
     return lambda: len(schedule(snapshot, pending, policy, NOW).placements)
 
 
-def bench(nodes: int, jobs: int, rounds: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Xinhe core and naive first-fit on the same fleet and queue."""
-    if nodes < 1 or jobs < 1 or rounds < 1:
-        raise ValueError("--nodes, --jobs and --rounds must be >= 1")
+def host_round(host: SchedulerHost, snapshot: ClusterSnapshot,
+               pending: Sequence[PendingJob]) -> Callable[[], int]:
+    policy = Policy()
+    return lambda: len(host.schedule(snapshot, pending, policy, NOW).placements)
+
+
+def sharded(snapshot: ClusterSnapshot, pending: Sequence[PendingJob], shards: int,
+            rounds: int, baseline: dict[str, Any], ray: bool = True) -> dict[str, Any]:
+    """The sharded round inline and on Ray, as ratios against ``baseline``
+    (the unsharded core's figures of the same run)."""
+    report: dict[str, Any] = {"shards": shards}
+    variants: list[tuple[str, Callable[[], SchedulerHost]]] = [
+        ("inline", lambda: ShardedInlineHost(shards))]
+    if ray:
+        variants.append(("ray", lambda: _ray_host(shards)))
+    for name, make in variants:
+        started = time.perf_counter()
+        host = make()
+        try:
+            report[f"{name}_start_s"] = round(time.perf_counter() - started, 3)
+            stats = time_rounds(host_round(host, snapshot, pending), rounds)
+        finally:
+            host.close()
+        stats["placements_vs_unsharded"] = round(
+            stats["placements_per_round"] / max(baseline["placements_per_round"], 1), 4)
+        stats["placements_per_s_vs_unsharded"] = round(
+            stats["placements_per_s"] / max(baseline["placements_per_s"], 1e-9), 3)
+        report[name] = stats
+    return report
+
+
+def _ray_host(shards: int) -> SchedulerHost:
+    import os
+
+    from controlplane.scheduler.host import ShardedRayHost
+
+    return ShardedRayHost(shards, num_cpus=max(os.cpu_count() or 1, 1))
+
+
+def bench(nodes: int, jobs: int, rounds: int = 3, seed: int = 0, shards: int = 1,
+          ray: bool = True) -> dict[str, Any]:
+    """Xinhe core and naive first-fit on the same fleet and queue; with
+    ``shards`` > 1 the sharded round too (``ray``: also on Ray actors)."""
+    if nodes < 1 or jobs < 1 or rounds < 1 or shards < 1:
+        raise ValueError("--nodes, --jobs, --rounds and --shards must be >= 1")
     snapshot, pending = bench_fleet(nodes, seed), bench_queue(jobs, seed)
-    return {
+    report = {
         "nodes": nodes,
         "devices": sum(n.total_devices for n in snapshot.nodes),
         "free_devices": sum(len(n.free_devices) for n in snapshot.nodes),
@@ -77,6 +126,9 @@ def bench(nodes: int, jobs: int, rounds: int = 3, seed: int = 0) -> dict[str, An
         "naive_first_fit": time_rounds(lambda: naive_first_fit(snapshot, pending), rounds),
         "target_placements_per_s": TARGET_PLACEMENTS_PER_S,
     }
+    if shards > 1:
+        report["sharded"] = sharded(snapshot, pending, shards, rounds, report["xinhe"], ray)
+    return report
 
 
 def curve(jobs: int, rounds: int = 1, sizes: Sequence[int] = CURVE_NODES,

@@ -70,3 +70,16 @@ def test_full_size_meets_the_target() -> None:
     naive = report["naive_first_fit"]["placements_per_s"]
     bar = min(TARGET_PLACEMENTS_PER_S, 0.6 * naive)
     assert report["xinhe"]["placements_per_s"] >= bar
+
+
+def test_sharded_figures_are_ratios_against_the_unsharded_core() -> None:
+    report = bench(nodes=40, jobs=300, rounds=1, shards=2, ray=False)
+    sharded = report["sharded"]
+    assert sharded["shards"] == 2 and "ray" not in sharded
+    inline = sharded["inline"]
+    assert inline["placements_per_round"] > 0
+    assert inline["placements_vs_unsharded"] == pytest.approx(
+        inline["placements_per_round"] / report["xinhe"]["placements_per_round"], abs=1e-3)
+    assert inline["placements_per_s_vs_unsharded"] > 0
+    with pytest.raises(ValueError, match="--shards"):
+        bench(nodes=4, jobs=4, shards=0)

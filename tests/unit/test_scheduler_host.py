@@ -65,3 +65,32 @@ def test_ray_host_replaces_a_dead_actor(ray_host: RayHost) -> None:
     decisions = ray_host.schedule(SNAPSHOT, QUEUE, Policy(), NOW)
     assert decisions == schedule(SNAPSHOT, QUEUE, Policy(), NOW)
     assert ray_host.actor is not dead
+
+
+# -- sharded: one actor per shard of pools (on the Ray the fixture started) --
+SHARDED_SNAPSHOT: ClusterSnapshot = snapshot(
+    nodes(2, model="H100", family="nvidia", pool="nv", memory_gb=80),
+    nodes(2, model="910B", family="ascend", pool="asc"),
+)
+
+
+def test_sharded_ray_host_gives_the_inline_decisions_and_survives_a_dead_shard(
+        ray_host: RayHost) -> None:
+    import ray
+
+    from controlplane.scheduler.host import ShardedInlineHost, ShardedRayHost
+
+    expected = ShardedInlineHost(2).schedule(SHARDED_SNAPSHOT, QUEUE, Policy(), NOW)
+    assert {p.pool for p in expected.placements} == {"nv", "asc"}  # both shards placed
+    host = ShardedRayHost(2)  # joins the running Ray: closing it leaves Ray up
+    try:
+        assert host.schedule(SHARDED_SNAPSHOT, QUEUE, Policy(), NOW) == expected
+        dead = host.actors[1]
+        ray.kill(dead)
+        with pytest.raises(ray.exceptions.RayActorError):
+            for _ in range(200):  # ray.kill is asynchronous
+                ray.get(dead.run.remote(None))
+        assert host.schedule(SHARDED_SNAPSHOT, QUEUE, Policy(), NOW) == expected
+        assert host.actors[1] is not dead and host.actors[0] is not None
+    finally:
+        host.close()
