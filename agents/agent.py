@@ -7,6 +7,12 @@ generator that also produces the heartbeats; the control plane's side is
 read on the connection thread. When anything fails the agent reconnects
 with jittered exponential backoff, and its replicas keep running meanwhile.
 
+Restarts: replicas outlive the agent (own process groups, output in
+files). A restarted agent re-adopts what its launcher's journal lists
+(:meth:`Agent._adopt_journalled`) and reports it in Register like any held
+replica; the control plane keeps it (current assignment) or names it in
+``RegisterResponse.stop`` (stale epoch, no longer assigned) and it is killed.
+
 Delivery: every ReplicaStatus gets a strictly increasing ``agent_sequence``
 and stays in an outbox until an Ack covers it; a new connection resends the
 outbox first. Log chunks are numbered by byte offset and held in a
@@ -25,7 +31,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -41,13 +47,18 @@ from agents.accelerators.base import (
     render_launch_env,
 )
 from agents.accelerators.cpu import host_memory_bytes
+from agents.adopted import AdoptedReplica, spec_of
 from agents.checkpoint import Checkpointer
+from agents.journal import JournalEntry
 from agents.launcher import (
     Launcher,
+    OutputCallback,
     ReplicaBackend,
+    ReplicaHandle,
     ReplicaPhase,
     ReplicaProcess,
     ReplicaSpec,
+    StateCallback,
 )
 from agents.log_outbox import LogOutbox
 from agents.progress import ProgressWatcher, Report
@@ -76,6 +87,7 @@ class AgentConfig:
     pool: str = "default"
     region: str = "local"
     address: str = "127.0.0.1"  # where gang peers reach this node
+    cost_per_device_hour: float = 0.0  # the pool's price (cost objective); 0 = unknown
     work_dir: Path = Path("xinhe-agent")
     token: str | None = None  # bearer token sent on every call
     tls_ca: str | None = None  # PEM CA of the server certificate: connect over TLS
@@ -117,7 +129,8 @@ def spec_from_launch(launch: agent_pb2.LaunchReplica) -> ReplicaSpec:
         master_addr=launch.master_addr, master_port=launch.master_port,
         max_runtime=runtime or None, checkpoint_dir=launch.checkpoint_dir,
         family=launch.family, model=launch.model,
-        device_indices=tuple(launch.device_indices), epoch=launch.ref.epoch)
+        device_indices=tuple(launch.device_indices), epoch=launch.ref.epoch,
+        cpu_millis=launch.cpu_millis, memory_bytes=launch.memory_bytes, image=launch.image)
 
 
 class Backoff:
@@ -211,6 +224,7 @@ class Agent:
         self._inventory_sig: tuple = ()
         self.last_devices: list[DeviceInfo] = []  # latest heartbeat readings (metrics)
         self._thread: threading.Thread | None = None
+        self._adopted = False
         self.connected = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------
@@ -225,6 +239,7 @@ class Agent:
         failed or refused attempt moves to the leader the refusal names
         (``x-xinhe-leader``), else to the next address; a move to a named
         leader is tried at once, anything else after the backoff."""
+        self._adopt_journalled()
         targets = parse_targets(self.config.server)
         channels: dict[str, grpc.Channel] = {}
         current = targets[0]
@@ -247,6 +262,43 @@ class Agent:
         finally:
             for channel in channels.values():
                 channel.close()
+
+    def _adopt_journalled(self) -> None:
+        """Once per agent: take back the replicas a previous agent process on
+        this node launched (the backend's journal), before registering."""
+        recover = getattr(self.launcher, "recover", None)
+        if self._adopted or recover is None:
+            return
+        self._adopted = True
+        for entry in recover():
+            self._adopt(entry)
+
+    def _adopt(self, entry: JournalEntry) -> None:
+        """Hold one journalled replica (see :meth:`adopt`): its output resent
+        from where the journal's chunk index says, its end watched."""
+        def follow(on_state: StateCallback, on_output: OutputCallback) -> AdoptedReplica:
+            handle = AdoptedReplica(entry, on_state, on_output,
+                                    runtime_grace=self.config.stop_grace,
+                                    replay_bytes=self.config.log_outbox_bytes)
+            for stream, offset in handle.log_offsets.items():
+                self.log_outbox.seek(*entry.key, _STREAMS[stream], offset)
+            handle.start()
+            return handle
+
+        if not self.adopt(spec_of(entry), follow):  # type: ignore[arg-type]
+            # Nobody could supervise or report it: end it rather than leak it.
+            log.warning("journalled replica %s cannot be re-adopted (its devices are not on "
+                        "this node): killing it", entry.key)
+            AdoptedReplica(entry, lambda *_: None).stop(0.0, "cannot be re-adopted")
+            self.launcher.release(entry.key)  # type: ignore[attr-defined]
+            return
+        log.info("re-adopted replica %s (pid %d, epoch %d) from the journal", entry.key,
+                 entry.pid, entry.epoch)
+        if entry.progress_file:
+            with self._lock:
+                ref = self._replicas[entry.key].ref
+            self.progress.watch(entry.key, ref, Path(entry.progress_file),
+                                entry.checkpoint_dir)
 
     def _channel_to(self, address: str, channels: dict[str, grpc.Channel]) -> grpc.Channel:
         """The injected channel (tests), else one cached channel per address."""
@@ -309,7 +361,8 @@ class Agent:
             pool=self.config.pool, region=self.config.region, address=self.config.address,
             devices=[d.to_proto() for d in devices], cpu_millis=self._cpu_millis(),
             memory_bytes=self.config.memory_bytes or host_memory_bytes(),
-            agent_version=AGENT_VERSION, replicas=held)
+            agent_version=AGENT_VERSION, replicas=held,
+            cost_per_device_hour=self.config.cost_per_device_hour)
         response = stub.Register(request, metadata=self._metadata(),
                                  timeout=self.config.rpc_timeout)
         log.info("registered %s as session %s (%d devices, %d replicas held)",
@@ -449,12 +502,38 @@ class Agent:
         spec = spec_from_launch(launch)
         progress_file = getattr(self.launcher, "progress_file", None)
         if progress_file is not None:  # backends without one (pods) report none
-            self.progress.watch(key, held.ref, progress_file(spec))
+            self.progress.watch(key, held.ref, progress_file(spec), spec.checkpoint_dir)
         held.process = self.launcher.start(spec, device_env, self._on_state, self._on_output)
         with self._lock:
             late = not self._accepting
         if late:
             held.process.stop(0, reason="agent shutting down")
+
+    def adopt(self, spec: ReplicaSpec,
+              follow: Callable[[StateCallback, OutputCallback], ReplicaHandle]) -> bool:
+        """Hold a replica that outlived this agent's previous run (a pod the
+        Kubernetes executor found still there, a process in this node's
+        journal). ``follow(on_state, on_output)``
+        attaches a handle that reports its current state at once, so the agent
+        registers holding it; the control plane keeps it or says to stop it
+        (stale attempt or epoch), as for any agent that reconnects. False when
+        the replica is held already or its devices are not on this node."""
+        key = spec.key
+        self.inventory.refresh()  # before the first registration it is still empty
+        with self._lock:
+            if key in self._replicas or not self._accepting:
+                return False
+            owners = {self.inventory.owner(i) for i in spec.device_indices}
+            if None in owners or len(owners) > 1:
+                return False
+            held = _Held(ref=agent_pb2.ReplicaRef(job_id=spec.job_id, attempt=spec.attempt,
+                                                  rank=spec.rank, epoch=spec.epoch),
+                         adapter=owners.pop() if owners else None,
+                         device_indices=tuple(spec.device_indices))
+            self._replicas[key] = held
+        held.process = follow(self._on_state, self._on_output)  # type: ignore[assignment]
+        log.info("adopted replica %s", spec.label)
+        return True
 
     def _place(self, launch: agent_pb2.LaunchReplica) -> tuple[AcceleratorAdapter | None, str]:
         """The adapter owning the launch's devices, or a reason it cannot run."""
@@ -495,6 +574,7 @@ class Agent:
         held.process.stop(grace, reason=reason)
 
     def _on_ack(self, sequence: int) -> None:
+        released: list[Key] = []
         with self._acked:
             for seq in [s for s in self._outbox if s <= sequence]:
                 del self._outbox[seq]
@@ -503,7 +583,11 @@ class Agent:
                     del self._replicas[key]
                     self._remember(key, held.last)
                     self.log_outbox.forget_replica(*key)
+                    released.append(key)
             self._acked.notify_all()
+        release = getattr(self.launcher, "release", None)
+        for key in released if release is not None else ():
+            release(key)  # out of the journal: the control plane has its end
 
     # -- replica reports -----------------------------------------------------
     def _on_state(self, proc: ReplicaProcess, phase: ReplicaPhase, code: int,
@@ -531,10 +615,13 @@ class Agent:
 
     def _send_progress(self, ref: agent_pb2.ReplicaRef, report: Report) -> None:
         """Best effort: dropped while disconnected or when the queue is full."""
-        when = Timestamp()
-        when.FromNanoseconds(int(report.time * 1e9))
-        message = agent_pb2.AgentMessage(progress=agent_pb2.Progress(
-            ref=ref, step=report.step, steps_per_second=report.steps_per_second, time=when))
+        progress = agent_pb2.Progress(ref=ref)
+        if report.progress:  # else only a checkpoint to report: no step, no time
+            progress.step, progress.steps_per_second = report.step, report.steps_per_second
+            progress.time.FromNanoseconds(int(report.time * 1e9))
+        if report.checkpoint_at is not None:
+            progress.last_checkpoint.FromNanoseconds(int(report.checkpoint_at * 1e9))
+        message = agent_pb2.AgentMessage(progress=progress)
         with self._lock:
             link = self._link
         if link is not None and link.queue.qsize() < self.config.max_queued_logs:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -43,11 +44,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="node name, unique in the control plane (default: host name)")
     parser.add_argument("--pool", default="default", help="pool this node belongs to")
     parser.add_argument("--region", default="local", help="region of this node")
+    parser.add_argument("--cost-per-device-hour", type=_price, default=0.0, metavar="PRICE",
+                        help="price of one device-hour in this pool (any currency, one per "
+                             "control plane) for the cost objective; 0 = unknown")
     parser.add_argument("--address", default="127.0.0.1",
                         help="address gang peers reach this node on")
     parser.add_argument("--simulate", action="append", default=[], metavar="MODEL:COUNT",
                         help="present simulated devices instead of real ones, e.g. 910B:8 "
                              "(repeatable)")
+    parser.add_argument("--simulated-count", type=int, default=0, metavar="N",
+                        help="host N simulated agents in this process (nodes <node>-0000 ...), "
+                             "each with the --simulate devices; replicas run no process "
+                             "(soaks, load tests)")
+    parser.add_argument("--simulated-seconds", type=float, default=0.0,
+                        help="how long a simulated replica runs when its job's env sets no "
+                             "XINHE_SIMULATED_SECONDS")
     parser.add_argument("--cpu-slots", type=int, default=1,
                         help="CPU devices to present when no accelerator is found")
     parser.add_argument("--work-dir", default=None,
@@ -67,9 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     executor.add_argument("--kubeconfig", default=None,
                           help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, "
                                "then the in-cluster service account)")
-    executor.add_argument("--image", default=os.environ.get("XINHE_JOB_IMAGE"),
-                          help="default container image of job pods (env XINHE_JOB_IMAGE); "
-                               "a job may set XINHE_IMAGE in its env or variant")
+    executor.add_argument("--default-image", "--image", dest="image",
+                          default=os.environ.get("XINHE_JOB_IMAGE"),
+                          help="container image of job pods whose spec names none (env "
+                               "XINHE_JOB_IMAGE); a job sets `image` in its spec or variant")
     executor.add_argument("--family-image", action="append", default=[],
                           metavar="FAMILY=IMAGE", help="image for one family (repeatable)")
     executor.add_argument("--pod-service-account", default=None,
@@ -78,6 +90,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=argparse.SUPPRESS, type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging level (default INFO)")
+
+
+def _price(text: str) -> float:
+    """--cost-per-device-hour: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def build_adapters(args: argparse.Namespace) -> list[AcceleratorAdapter]:
@@ -92,6 +115,7 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
         server=args.server, node_name=args.node, pool=args.pool, region=args.region,
         address=args.address, work_dir=work_dir, token=args.token or None,
+        cost_per_device_hour=args.cost_per_device_hour,
         tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         heartbeat_interval=args.heartbeat_interval, stop_grace=args.stop_grace)
 
@@ -104,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(level)
     if args.executor == "kubernetes":
         return _run_kubernetes(args)
+    if args.simulated_count:
+        return _run_simulated_fleet(args)
     try:
         adapters = build_adapters(args)
     except ValueError as err:
@@ -150,22 +176,38 @@ def _wait_for_signal() -> None:
     stop_requested.wait()
 
 
+def _run_simulated_fleet(args: argparse.Namespace) -> int:
+    """``--simulated-count N``: N simulated agents in this one process."""
+    from agents.sim_fleet import SimulatedFleet
+
+    try:
+        fleet = SimulatedFleet(build_config(args), args.simulate, args.simulated_count,
+                               args.simulated_seconds)
+    except (ValueError, TLSError) as err:
+        log.error("%s", err)
+        return 2
+    fleet.start()
+    log.info("%d simulated agents (%s), control plane %s", len(fleet.agents),
+             ", ".join(args.simulate), args.server)
+    _wait_for_signal()
+    fleet.shutdown()
+    return 0
+
+
 def _run_kubernetes(args: argparse.Namespace) -> int:
     """One agent per accelerator node of the cluster, replicas as pods."""
     from agents.kubernetes.run import start_executor  # needs the optional client
 
     config = build_config(args)
     try:
-        cluster, agents = start_executor(args, config)
+        _cluster, fleet = start_executor(args, config)
     except (ValueError, RuntimeError) as err:
         log.error("%s", err)
         return 2
     if args.metrics_port:
         log.warning("--metrics-port is not served by the Kubernetes executor yet")
     _wait_for_signal()
-    for agent in agents:
-        agent.shutdown()
-    cluster.monitor.close()
+    fleet.shutdown()
     return 0
 
 

@@ -19,11 +19,18 @@ from controlplane.api.servicers import AdminServicer, AgentServicer, JobServicer
 from controlplane.api.tls import server_credentials
 from controlplane.model.catalogue import load_catalogue
 from controlplane.observability.exporter import MetricsExporter
-from controlplane.scheduler.host import InlineHost, RayHost, SchedulerHost
+from controlplane.scheduler.host import (
+    InlineHost,
+    RayHost,
+    SchedulerHost,
+    ShardedInlineHost,
+    ShardedRayHost,
+)
 from controlplane.scheduler.types import Policy
 from controlplane.services.controller import Controller
 from controlplane.services.leader import AlwaysLeader, make_elector
-from controlplane.services.policy import load_policy
+from controlplane.services.migration_policy import MigrationPolicy
+from controlplane.services.policy import load_migration_policy, load_policy
 from controlplane.settings import ServerSettings
 from controlplane.store import open_store
 from xinhe.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
@@ -48,9 +55,16 @@ SERVER_OPTIONS = (
 
 
 def make_host(settings: ServerSettings) -> SchedulerHost:
+    shards = settings.scheduler_shards
+    if shards < 1:
+        raise ValueError(f"--scheduler-shards must be >= 1, got {shards}")
     if settings.scheduler == "inline":
-        log.info("scheduler core hosted in-process")
-        return InlineHost()
+        log.info("scheduler core hosted in-process (%d shard(s))", shards)
+        return InlineHost() if shards == 1 else ShardedInlineHost(shards)
+    if settings.scheduler == "ray" and shards > 1:
+        log.info("scheduler core hosted in %d Ray actors, one per shard of pools (%s)",
+                 shards, settings.ray_address or "local Ray")
+        return ShardedRayHost(shards, address=settings.ray_address or None)
     if settings.scheduler == "ray":
         host = RayHost(address=settings.ray_address or None)
         log.info("scheduler core hosted in a Ray actor (%s)",
@@ -66,6 +80,8 @@ class ControlPlane:
         self.settings = settings
         # First: a bad policy file stops the start before anything is opened.
         policy = load_policy(settings.policy_path) if settings.policy_path else Policy()
+        migration = (load_migration_policy(settings.policy_path) if settings.policy_path
+                     else MigrationPolicy())
         credentials = server_credentials(settings.tls_cert_file, settings.tls_key_file,
                                          settings.tls_ca_file)
         self.metrics = MetricsExporter()
@@ -73,8 +89,9 @@ class ControlPlane:
         self.host = make_host(settings)
         catalogue = load_catalogue(settings.catalogue_path or None)
         self.controller = Controller(self.store, catalogue, settings, self.host,
-                                     policy=policy)
+                                     policy=policy, migration=migration)
         self.controller.on_round = self.metrics.round_finished
+        self.controller.migrations.on_migrated = self.metrics.job_migrated
         self.metrics.watch(self.controller.ctx)
         self.health = health.HealthServicer()
         # Only the leader serves the Xinhe services (services/leader.py);
@@ -89,7 +106,7 @@ class ControlPlane:
                                   interceptors=[self.metrics.interceptor(),
                                                 MalformedRequests(),
                                                 LeaderGate(SERVICE_NAMES, self._serving.is_set,
-                                                           self.elector.leader_address)])
+                                                           self._leader_hint)])
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.controller), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.controller), self.server)
@@ -122,9 +139,17 @@ class ControlPlane:
         for name in SERVICE_NAMES:
             self.health.set(name, status)
 
+    def _leader_hint(self) -> str:
+        """The leader a refusal names: never this replica itself (a leader row
+        left by this address's previous process, before it is re-elected)."""
+        leader = self.elector.leader_address()
+        return "" if leader == self.elector.address else leader
+
     def _on_elected(self) -> None:
         """Leading: rebuild state from the store (unless this only replica's
-        controller has just been built from it), run the loop, serve."""
+        controller has just been built from it), run the loop, serve. The
+        store's writes are fenced to this term first (services/leader.py)."""
+        self.store.set_leader_term(self.elector.term)
         self.controller.start(rebuild=not isinstance(self.elector, AlwaysLeader))
         self._serving.set()
         self._set_service_health(health_pb2.HealthCheckResponse.SERVING)

@@ -17,11 +17,20 @@ class ServerSettings:
     # Store DSN; "postgresql://user@host:5432/db" uses PostgreSQL instead of
     # SQLite in data_dir (empty = SQLite).
     store_dsn: str = ""
+    # PostgreSQL store: longest one store call waits for a connection,
+    # connecting included (seconds). A database that is down or unreachable
+    # fails the call within it and the RPC answers UNAVAILABLE, well inside
+    # a client's deadline, instead of waiting for the database.
+    store_timeout_s: float = 5.0
     # "ray" hosts the scheduler core in a Ray actor; "inline" runs it
     # in-process (tests, tiny installs).
     scheduler: str = "ray"
     # Join an existing Ray cluster at this address; empty = start Ray locally.
     ray_address: str = ""
+    # Shards of pools the scheduler runs as (one Ray actor each, pools grouped
+    # by a hash of their name; controlplane/scheduler/shards.py). 1 = one
+    # actor scheduling every pool.
+    scheduler_shards: int = 1
     # Agents send a heartbeat at least this often (seconds).
     heartbeat_interval_s: float = 2.0
     # A disconnected node's jobs are declared lost after this long (seconds).

@@ -11,6 +11,7 @@ from controlplane.api.errors import streaming, unary
 from controlplane.services.admin import AdminService
 from controlplane.services.auth import Authenticator
 from controlplane.services.controller import Controller
+from controlplane.services.submit_many import submit_many
 from xinhe.v1 import admin_pb2, admin_pb2_grpc, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 
@@ -33,6 +34,17 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         with self.guard.audited(who, "SubmitJob", request.spec.queue):
             job, created = self.jobs.submit(request.spec, request.client_key, who.tenant_scope)
         return jobs_pb2.SubmitJobResponse(job=job, created=created)
+
+    @unary
+    def SubmitJobs(self, request, context):
+        who = self.guard(context, "SubmitJobs")
+        outcomes = submit_many(self.jobs, request.requests, who.tenant_scope)
+        for item, outcome in zip(request.requests, outcomes, strict=True):
+            if outcome.code == grpc.StatusCode.PERMISSION_DENIED:  # audited like SubmitJob
+                self.guard.auth.denied(who, "SubmitJobs", item.spec.queue, outcome.message)
+        return jobs_pb2.SubmitJobsResponse(results=[
+            jobs_pb2.SubmitJobResult(job=o.job, created=o.created, error_code=o.code.value[0],
+                                     error_message=o.message) for o in outcomes])
 
     @unary
     def GetJob(self, request, context):
@@ -115,10 +127,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     @unary
     def Register(self, request, context):
-        self.guard(context, "Register")
+        who = self.guard(context, "Register")
+        with self.guard.audited(who, "Register", request.node_name):
+            who.check_node(request.node_name)
         return self.sessions.register(request)
 
     @streaming
     def Connect(self, request_iterator: Iterator, context: grpc.ServicerContext):
-        self.guard(context, "Connect")
-        yield from self.sessions.connect(request_iterator, context.is_active)
+        who = self.guard(context, "Connect")
+        with self.guard.audited(who, "Connect", who.node):
+            yield from self.sessions.connect(request_iterator, context.is_active,
+                                             authorize=who.check_node)

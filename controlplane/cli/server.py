@@ -19,9 +19,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, help="store directory (default ./xinhe-data)")
     p.add_argument("--store-dsn", help="postgresql://user@host:5432/db to use PostgreSQL "
                                        "instead of SQLite in --data-dir")
+    p.add_argument("--store-timeout", type=float, dest="store_timeout_s",
+                   help="seconds a PostgreSQL store call may wait for the database before "
+                        "the RPC answers UNAVAILABLE (default 5)")
     p.add_argument("--scheduler", choices=("ray", "inline"),
                    help="host the scheduler core on Ray (default) or in-process")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
+    p.add_argument("--scheduler-shards", type=positive_int, dest="scheduler_shards",
+                   help="schedule pools in this many shards, one Ray actor each, in "
+                        "parallel (default 1)")
     p.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s")
     p.add_argument("--node-lost-timeout", type=float, dest="node_lost_timeout_s",
                    help="seconds before a disconnected node's jobs are requeued")
@@ -60,13 +66,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a clear usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from controlplane.server import serve
 
     settings = ServerSettings.from_env().override(
         listen=args.listen, data_dir=args.data_dir, store_dsn=args.store_dsn,
-        scheduler=args.scheduler,
-        ray_address=args.ray_address, heartbeat_interval_s=args.heartbeat_interval_s,
+        store_timeout_s=args.store_timeout_s, scheduler=args.scheduler,
+        ray_address=args.ray_address, scheduler_shards=args.scheduler_shards,
+        heartbeat_interval_s=args.heartbeat_interval_s,
         node_lost_timeout_s=args.node_lost_timeout_s,
         schedule_interval_s=args.schedule_interval_s, stop_grace_s=args.stop_grace_s,
         schedule_min_gap_s=args.schedule_min_gap_s,

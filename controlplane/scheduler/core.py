@@ -14,11 +14,19 @@ round holds at most ``Policy.max_reservations_per_round``: past it a job
 never waits for a busy group, it takes a free (slower) chip. A job whose estimate
 behind the reservations already queued on a faster group does not beat a
 free slower chip by the margin takes the slower chip: that is what keeps
-slow families busy while the fast ones have a queue.
+slow families busy while the fast ones have a queue. With
+``Policy.start_then_migrate`` (migration on, ``core_migrate``) a job also
+starts on the slower chip when starting there and moving once the faster
+group frees finishes no later than waiting.
 
 Placements are taken from a per-round ledger, so no device is handed out
 twice. Pure: no I/O, no clock, no globals, no randomness; ties are broken by
 stable keys, so the same input always yields the same ``Decisions``.
+
+Objectives and regions (``core_objective``): a job's objective (fastest,
+cost, energy, pinned) orders its groups and decides when waiting pays; an
+interactive job only sees its data region's pools, a batch job pays the
+policy's transfer penalty away from its data.
 
 Seams: ``ordering`` (``Policy.fair_share`` orders by ``core_share``) and
 ``RoundState.admission_refusal`` (quotas plug in there).
@@ -48,6 +56,7 @@ from controlplane.scheduler.core_fleet import (
     static_verdict,
 )
 from controlplane.scheduler.core_ledger import ReplicaSlot
+from controlplane.scheduler.core_objective import FASTEST, Choice, Objectives, restricted
 from controlplane.scheduler.core_preempt import (
     Preemptor,
     explain_preempting,
@@ -140,17 +149,27 @@ class RoundState:
         # free devices and reservations are unchanged.
         self.starts: dict[tuple[Group, int], tuple[int, int, float]] = {}
         self.quotas = QuotaBook(policy.quotas, snapshot)
+        self.objectives = Objectives(policy, snapshot)
+        self.objective = FASTEST  # the current job's
         self.preemptor = Preemptor(snapshot, policy, now)
         self.preemptions: list[PreemptionDecision] = []
         # The current job's quota verdict per group (None: no quota applies).
         self.admits: dict[Group, Admit] | None = None
 
     def _verdict(self, job: PendingJob) -> tuple[ShapeKey, StaticVerdict]:
+        """Groups that could ever hold ``job``, narrowed by its objective's pin
+        and its latency class's region (``core_objective``)."""
         skey = shape_key(job)
-        verdict = self.verdicts.get(skey)
+        self.objective = self.objectives.of(job)  # the current job's, for decide()
+        pin, region = self.objectives.restriction(job, self.objective)
+        vkey = (skey, pin, region) if pin or region else skey
+        verdict = self.verdicts.get(vkey)  # type: ignore[call-overload]
         if verdict is None:
-            verdict = self.verdicts[skey] = static_verdict(self.groups, job)
-        return skey, verdict
+            verdict = static_verdict(self.groups, job)
+            if pin or region:
+                verdict = restricted(verdict, job, pin, region)
+            self.verdicts[vkey] = verdict  # type: ignore[index]
+        return vkey, verdict  # type: ignore[return-value]
 
     def borrows_only(self, job: PendingJob) -> bool:
         """Would ``job`` borrow wherever its quota lets it go (at round start)?"""
@@ -167,10 +186,14 @@ class RoundState:
         self.admits, quota_refusal = self.quotas.admits(job, verdict.groups)
         if quota_refusal:
             return WaitDecision(job.job_id, quota_refusal)
-        key = (skey, job.cpu_millis, job.memory_bytes, job.speed)
+        objective = self.objective  # set by _verdict
+        reference = job.reference_runtime_s or self.policy.default_runtime_s
+        key = (skey, job.cpu_millis, job.memory_bytes, job.speed,
+               self.objectives.rank_extra(job, objective, reference))
         rank = self.ranks.get(key)
         if rank is None:
-            rank = self.ranks[key] = ShapeRank(verdict.groups, job, self.speeds)
+            order = self.objectives.rank_order(job, objective, reference)
+            rank = self.ranks[key] = ShapeRank(verdict.groups, job, self.speeds, order)
         decision = self._walk(job, rank, verdict.groups)
         if isinstance(decision, PlacementDecision):
             self.placed += 1
@@ -187,14 +210,14 @@ class RoundState:
         return ""
 
     def _walk(self, job: PendingJob, rank: ShapeRank, groups: Sequence[Group]) -> Decision:
-        """Fastest group first; place on the first that fits unless a faster
-        busy group, behind the reservations queued there, beats it by the
-        margin (then wait and reserve). Past the round's reservation budget a
+        """Best group first (fastest, or by the job's objective: see
+        ``core_objective``); place on the first that fits unless a better
+        busy group, behind the reservations queued there, is worth the wait
+        (then wait and reserve). Past the round's reservation budget a
         full group is dropped from the shape's ranking for the round."""
         reference = job.reference_runtime_s or self.policy.default_runtime_s
         need, now = job.replicas * job.devices_per_replica, self.now
-        passed: list[tuple[Candidate, Group]] = []  # faster busy groups, estimated
-        best: tuple[Candidate, Group] | None = None
+        passed: list[Choice] = []  # better-ranked busy groups, estimated
         dead: list[Group] = []
         can_reserve = self.reservations < self.policy.max_reservations_per_round
         hold_nothing = not self.policy.max_reservations_per_round
@@ -207,14 +230,16 @@ class RoundState:
             ledger = group.ledger
             roomy = ledger.free_devices >= need and (
                 ledger.slot_bound(job.devices_per_replica) >= job.replicas)
-            if roomy and (held is None or held.admits(now + runtime, need)):
-                here = Candidate(group.pool, group.model, now, runtime, now + runtime, True)
-                if best is not None and self._worth_waiting(here, best[0]):
-                    return self._wait_for_faster(job, best, here)
+            here = self.objectives.candidate(group, job, now, runtime, True) if roomy else None
+            if here is not None and (held is None or held.admits(here.finish_s, need)):
+                target = self.objectives.wait_target(
+                    self.objective, passed, here, now) if passed else None
+                if target is not None and not self._moving_later_wins(here, target[0]):
+                    return self._wait_for_faster(job, target, here)
                 slots = group.ledger.place_gang(job)
                 if slots is not None:
                     if held is not None:
-                        held.charge(now + runtime, need)
+                        held.charge(here.finish_s, need)
                     borrowed = False
                     if admits is not None:
                         borrowed = admits[group] is Admit.BORROW
@@ -226,21 +251,29 @@ class RoundState:
                 if not roomy:  # neither takes nor is waited for again this round
                     dead.append(group)
                 continue
-            cand = self._busy(group, job, runtime)  # the job may wait for it
-            passed.append((cand, group))
-            if best is None or cand.finish_s < best[0].finish_s:
-                best = (cand, group)
+            passed.append((self._busy(group, job, runtime), group))  # the job may wait for it
         if dead:
             rank.drop(dead)
+        best = self.objectives.wait_target(self.objective, passed, None, now)
         return self._nowhere(job, best, rank, groups)
 
-    def _worth_waiting(self, free_now: Candidate, busy: Candidate) -> bool:
-        margin = self.policy.wait_for_faster_margin
-        return free_now.finish_s - self.now > margin * (busy.finish_s - self.now)
+    def _moving_later_wins(self, here: Candidate, busy: Candidate) -> bool:
+        """Does starting on ``here`` now and moving to ``busy`` once it frees
+        finish no later than waiting for it (``Policy.start_then_migrate``)?
+        The work done here until then is not redone there, except
+        ``Policy.migration_lost_work_s`` of it (since the last checkpoint)."""
+        if not self.policy.start_then_migrate or self.objective != FASTEST:
+            return False
+        ahead = max(busy.start_s - self.now, 0.0)
+        kept = max(ahead - self.policy.migration_lost_work_s, 0.0)
+        done = kept / here.runtime_s if here.runtime_s else 1.0
+        moved = busy.start_s + self.policy.migration_restart_cost_s + max(
+            1.0 - done, 0.0) * busy.runtime_s
+        return moved <= busy.finish_s
 
     def _busy(self, group: Group, job: PendingJob, runtime: float) -> Candidate:
         start = self._start_when_free(group, job)
-        return Candidate(group.pool, group.model, start, runtime, start + runtime, False)
+        return self.objectives.candidate(group, job, start, runtime, False)
 
     def _start_when_free(self, group: Group, job: PendingJob) -> float:
         """When the running jobs will have freed enough for ``job`` beyond
@@ -285,8 +318,8 @@ class RoundState:
     ) -> WaitDecision:
         self._reserve(job, best[1], best[0])
         reserved = bool(self.policy.max_reservations_per_round)
-        return WaitDecision(job.job_id,
-                            explain_wait_for_faster(best[0], here, self.now, reserved))
+        return WaitDecision(job.job_id, explain_wait_for_faster(
+            best[0], here, self.now, reserved, self.objective))
 
     def _nowhere(
         self, job: PendingJob, best: tuple[Candidate, Group] | None, rank: ShapeRank,
@@ -319,7 +352,8 @@ class RoundState:
             for v in victims)
         if self.policy.max_reservations_per_round:
             runtime = (job.reference_runtime_s or self.policy.default_runtime_s) / next(
-                s for s, g in rank.entries if g is group)
+                s for s, g in rank.entries if g is group) + self.objectives.penalty_s(
+                job, group.region)
             need = job.replicas * job.devices_per_replica
             spare = group.ledger.free_devices + freed_devices(group, victims) - need
             held = self.reserved.setdefault(group, Holds())
@@ -358,6 +392,7 @@ class RoundState:
             chosen_index=next(i for i, c in enumerate(ranked) if c is here),
             others_not_compared=max(len(rank.entries) - pos - 1 - EXPLAIN_OTHERS, 0),
             decided_at=self.now,
+            objective="" if self.objective == FASTEST else self.objective,
         )
 
     def _runners_up(self, job: PendingJob, rank: ShapeRank, pos: int) -> list[Candidate]:
@@ -368,11 +403,12 @@ class RoundState:
             runtime = reference / speed
             held = self.reserved.get(group)
             ledger = group.ledger
+            here = self.objectives.candidate(group, job, now, runtime, True)
             if ledger.free_devices >= need and ledger.slot_bound(
                 job.devices_per_replica) >= job.replicas and (
-                held is None or held.admits(now + runtime, need)
+                held is None or held.admits(here.finish_s, need)
             ):
-                out.append(Candidate(group.pool, group.model, now, runtime, now + runtime, True))
+                out.append(here)
             else:
                 out.append(self._busy(group, job, runtime))
         return out

@@ -34,6 +34,9 @@ class NodeView:
     memory_free_bytes: int = 0
     schedulable: bool = True
     address: str = ""
+    # What one device-hour here costs (the pool's price, any currency; 0 =
+    # unknown/free): the ``cost`` objective and the explanations use it.
+    cost_per_device_hour: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class ClusterSnapshot:
     # Relative speed of each model versus the reference chip (1.0 = A100):
     # the chip-profile prior, keyed by catalogue model name.
     model_speed: tuple[tuple[str, float], ...] = ()
+    # Power of one device of each model in watts (the catalogue's TDP), for
+    # the ``energy`` objective; a model without a figure counts as 0 W.
+    model_power_w: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,16 @@ class PendingJob:
     speed: tuple[tuple[str, float], ...] = ()
     # Only nodes of these pools (a migration pinned to a pool); empty = any.
     pools: frozenset[str] = frozenset()
+    # Placement objective (``core_objective``: fastest, cost, energy,
+    # pinned); "" = the queue's default from the policy.
+    objective: str = ""
+    # The family the job names first (its own stack): where ``pinned`` keeps it.
+    first_family: str = ""
+    # Where the job's data lives; "" = nowhere in particular (no transfer).
+    data_region: str = ""
+    # "interactive": only pools of ``data_region``; "" or "batch": any
+    # region, paying the policy's transfer penalty away from its data.
+    latency_class: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,16 @@ class Policy:
     # sooner (ratio) than starting now elsewhere. 1.5: on the Gavel trace
     # 1.1 leaves slow chips idle (utilisation 89 %) for 3 % better JCT.
     wait_for_faster_margin: float = 1.5
+    # With migration to faster chips on (``core_migrate``), a job that would
+    # wait for a faster busy group starts now on a free slower one when
+    # starting now and moving once the faster group frees (paying
+    # ``migration_restart_cost_s``) finishes no later than waiting: slow
+    # chips work instead of idling. Off: plain waiting.
+    start_then_migrate: bool = False
+    migration_restart_cost_s: float = 60.0
+    # Seconds of the slower chip's run expected to be redone after the move
+    # (work since the last checkpoint; e.g. half the checkpoint interval).
+    migration_lost_work_s: float = 0.0
     # Upper bound of jobs placed in one round (0 = no bound).
     max_placements_per_round: int = 0
     # Backfill with reservations: a job that cannot start now (or waits for
@@ -150,6 +176,16 @@ class Policy:
     # preempted again, so the cluster cannot thrash.
     max_preemptions_per_round: int = 8
     preemption_cooldown_s: float = 300.0
+    # Placement objectives (``core_objective``): a job's own wins, else its
+    # queue's (queue, objective) entry, else ``default_objective``.
+    default_objective: str = "fastest"
+    queue_objectives: tuple[tuple[str, str], ...] = ()
+    # Seconds a batch job away from its data region holds its devices
+    # longer (data transfer): (data region, pool region, seconds); a pair
+    # given one way applies both ways unless the other way is given too.
+    # Other pairs of different regions: ``default_transfer_penalty_s``.
+    transfer_penalty_s: tuple[tuple[str, str, float], ...] = ()
+    default_transfer_penalty_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -166,9 +202,15 @@ class Candidate:
     pool: str
     model: str
     start_s: float  # expected start (absolute)
-    runtime_s: float
+    runtime_s: float  # how long the job holds the devices: run + data transfer
     finish_s: float
     fits_now: bool
+    # The objectives' figures: devices x hours held x the pool's price per
+    # device-hour; devices x hours held x the model's power, in kWh (0 when
+    # price or power are unknown); the data transfer included in runtime_s.
+    cost: float = 0.0
+    energy_kwh: float = 0.0
+    transfer_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -193,6 +235,8 @@ class PlacementDecision:
     decided_at: float = 0.0  # the round's ``now``: estimates are shown relative to it
     # Beyond the tenant's nominal quota: carry into RunningView.borrowed.
     borrowed: bool = False
+    # The objective that chose among the candidates ("" = fastest finish).
+    objective: str = ""
 
     @cached_property
     def explanation(self) -> str:

@@ -7,7 +7,7 @@ import logging
 import queue
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -17,9 +17,10 @@ from controlplane.services.fleet import AgentSession
 from controlplane.services.limits import LogBatcher
 from controlplane.services.log_acks import AckingRateLimiter, LogAcks
 from controlplane.services.reconcile import Reconciler
+from controlplane.services.replica_owner import ReplicaOwnership
 from controlplane.services.throughput import job_type
 from controlplane.services.translate import launch_messages
-from xinhe.v1 import agent_pb2
+from xinhe.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def validate_register(req: agent_pb2.RegisterRequest) -> None:
             f"protocol_version {req.protocol_version} not supported (server speaks 1)")
     for field, value in (("node_name", req.node_name), ("pool", req.pool),
                          ("region", req.region)):
-        if not NAME.match(value):
+        if not NAME.fullmatch(value):
             raise InvalidArgument(field, "required; letters, digits, '.', '_', '-'")
     if len(req.devices) > MAX_DEVICES:
         raise InvalidArgument("devices", f"more than {MAX_DEVICES}")
@@ -53,6 +54,7 @@ class AgentSessions:
                                     self.log_acks.acknowledge)
         self.logs = LogBatcher(self.log_acks.write, limiter, ctx.clock,
                                on_flush=ctx.notifier.notify)
+        self.owners = ReplicaOwnership(ctx.store.replicas)
 
     def register(self, req: agent_pb2.RegisterRequest) -> agent_pb2.RegisterResponse:
         validate_register(req)
@@ -66,13 +68,19 @@ class AgentSessions:
         return R.RegisterResponse(session_id=session.session_id, heartbeat_interval=interval,
                                   stop=stop)
 
-    def connect(self, requests: Iterator[agent_pb2.AgentMessage],
-                alive: callable) -> Iterator[agent_pb2.ControlMessage]:
+    def connect(self, requests: Iterator[agent_pb2.AgentMessage], alive: callable,
+                authorize: Callable[[str], None] = lambda node: None,
+                ) -> Iterator[agent_pb2.ControlMessage]:
         """Serve one Connect stream: a reader thread handles agent messages,
-        this generator writes the session's outbox."""
+        this generator writes the session's outbox. ``authorize(node)``
+        raises when the caller may not act as the session's node; it runs
+        before the stream attaches, so a refused caller disturbs nothing."""
         first = next(requests, None)
         if first is None or not first.session_id:
             raise InvalidArgument("session_id", "the first message must carry the session id")
+        node = self.ctx.fleet.node_of(first.session_id)
+        if node is not None:
+            authorize(node)
         session = self.ctx.fleet.attach(first.session_id)
         if session is None:
             raise FailedPrecondition("session superseded or unknown; register again")
@@ -123,20 +131,30 @@ class AgentSessions:
         elif kind == "logs":
             self._on_logs(session, message.logs, now)
         elif kind == "progress":
-            self._on_progress(message.progress, now)
+            self._on_progress(session, message.progress, now)
 
-    def _on_progress(self, progress: agent_pb2.Progress, now: float) -> None:
+    def _on_progress(self, session: AgentSession, progress: agent_pb2.Progress,
+                     now: float) -> None:
         """Rank 0 of the job's current assignment: remember it as the job's
-        progress and learn its type's speed on the placed model. Reports of
-        other attempts, epochs or ranks are dropped (best effort, no ack)."""
+        progress (and its last checkpoint's time, for preemption) and learn
+        its type's speed on the placed model. Reports of
+        other attempts, epochs, ranks or nodes are dropped (best effort, no ack)."""
         table, ref = self.ctx.throughput, progress.ref
         if table is None or ref.rank != 0:
+            return
+        if not self.owners.owns(session.node, ref.job_id, ref.attempt, ref.rank):
+            log.warning("agent %s sent progress of %s, not placed on it; dropped",
+                        session.node, ref.job_id)
             return
         job = self.ctx.store.get_job(ref.job_id)
         if job is None or (job.attempt, job.epoch) != (ref.attempt, ref.epoch):
             return
+        if progress.HasField("last_checkpoint"):
+            table.note_checkpoint(job.id, progress.last_checkpoint.ToNanoseconds() / 1e9)
+        if not progress.HasField("time"):
+            return  # a checkpoint time only: no progress to note or learn from
         table.note_progress(job.id, progress.step, progress.steps_per_second, now)
-        table.record(job_type(job.spec), job.placement.model, progress.steps_per_second)
+        table.record(job_type(job.spec), job.placement.model, progress.steps_per_second, now)
 
     def _on_status(self, session: AgentSession, status: agent_pb2.ReplicaStatus) -> None:
         # The agent sends a replica's output before its final status: write
@@ -148,11 +166,18 @@ class AgentSessions:
                 ref=status.ref, reason="superseded: not the job's current assignment")))
         session.send(R.ControlMessage(ack=R.Ack(agent_sequence=status.agent_sequence)))
 
-    def _on_logs(self, session: AgentSession, chunk: object, now: float) -> None:
+    def _on_logs(self, session: AgentSession, chunk: common_pb2.LogChunk, now: float) -> None:
         # Buffered and rate-limited; written in batches (one fsync per batch),
         # acknowledged to the session once written.
-        self.log_acks.received(session, chunk)  # type: ignore[arg-type]
-        self.logs.add([chunk])  # type: ignore[list-item]
+        self.log_acks.received(session, chunk)
+        if not self.owners.owns(session.node, chunk.job_id, chunk.attempt, chunk.rank):
+            # Another node's replica: never stored; acknowledged so an agent
+            # that holds it (a bug, or a forger) stops resending it.
+            log.warning("agent %s sent logs of %s, not placed on it; dropped",
+                        session.node, chunk.job_id)
+            self.log_acks.acknowledge([chunk])
+            return
+        self.logs.add([chunk])
 
     def _resend_launches(self, session: AgentSession) -> None:
         """Launches the agent may never have received (sent while it was away,

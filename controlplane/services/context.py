@@ -17,6 +17,7 @@ from controlplane.model.catalogue import Catalogue
 from controlplane.services.allocations import Allocations
 from controlplane.services.fleet import Fleet
 from controlplane.services.pending import PendingQueue
+from controlplane.services.quiet_round import WaitMemo
 from controlplane.services.throughput import ThroughputTable
 from controlplane.settings import ServerSettings
 from controlplane.store.base import Store
@@ -58,6 +59,9 @@ class Context:
     wake: threading.Event = field(default_factory=threading.Event)
     # Why each queued job waits, from the last scheduling round (ephemeral).
     wait_reasons: dict[str, str] = field(default_factory=dict)
+    # The situation those reasons hold for, so a round that can place
+    # nothing explains only new jobs (see ``quiet_round``).
+    wait_memo: WaitMemo = field(default_factory=WaitMemo)
     # The QUEUED jobs kept in memory (set by the Controller, which also wraps
     # ``store`` to feed it); None = rounds read the queue from the store.
     pending: PendingQueue | None = None

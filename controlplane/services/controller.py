@@ -18,11 +18,13 @@ from controlplane.services.context import Context
 from controlplane.services.fleet import Fleet
 from controlplane.services.jobs import JobService
 from controlplane.services.migration import MigrationService
+from controlplane.services.migration_policy import MigrationPolicy, PolicyMigrations
 from controlplane.services.pending import PendingQueue, PendingTrackingStore
 from controlplane.services.preemption import PreemptionService
 from controlplane.services.reconcile import Reconciler
 from controlplane.services.scheduling import RoundResult, run_round
 from controlplane.services.throughput import ThroughputTable
+from controlplane.services.throughput_persist import ThroughputPersistence
 from controlplane.settings import ServerSettings
 from controlplane.store.base import Store, StoreError
 
@@ -37,7 +39,8 @@ ROUND_SHARE_WAIT = 4.0
 class Controller:
     def __init__(self, store: Store, catalogue: Catalogue, settings: ServerSettings,
                  host: SchedulerHost, policy: Policy | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 migration: MigrationPolicy | None = None) -> None:
         queue = PendingQueue(catalogue)
         store = PendingTrackingStore(store, queue)
         throughput = ThroughputTable(catalogue)
@@ -51,6 +54,10 @@ class Controller:
         self.jobs = JobService(self.ctx)
         self.migrations = MigrationService(self.ctx, self.jobs)
         self.preemptions = PreemptionService(self.ctx, self.reconciler, self.migrations)
+        # Policy-triggered migration (the policy file's migration section; off by default).
+        self.policy_migrations = PolicyMigrations(self.ctx, self.migrations,
+                                                  migration or MigrationPolicy(),
+                                                  self.policy.default_runtime_s, self.policy)
         self.agents = AgentSessions(self.ctx, self.reconciler)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,8 +66,24 @@ class Controller:
         # Observer of every round (the metrics exporter); None = nobody.
         self.on_round: Callable[[RoundResult], None] | None = None
         self._restore_allocations()
+        # Learned throughput: loaded before the queue is translated (it sets
+        # the jobs' speed factors), written in batches by the loop.
+        self.throughput_store = ThroughputPersistence(throughput, store, self._live_jobs)
+        self.throughput_store.load()
         queue.resync(store)
         self._resynced_at = time.monotonic()
+
+    def _live_jobs(self) -> set[str]:
+        """Jobs whose progress is still shown: active, or queued again."""
+        live = {job.id for job in self.ctx.store.jobs_in_states(states.ACTIVE)}
+        return live | {job.job_id for job in self.ctx.pending.pending()}
+
+    def _save_throughput(self) -> None:
+        """Write learned throughput if due; a store outage only delays it."""
+        try:
+            self.throughput_store.maybe_flush(time.monotonic())
+        except StoreError as exc:
+            log.warning("could not save learned throughput (retried): %s", exc)
 
     def _restore_allocations(self) -> None:
         """Rebuild device holds from durable state after a (re)start."""
@@ -90,6 +113,7 @@ class Controller:
             self.ctx.fleet = Fleet(self.ctx.store, self.ctx.clock())
             self.ctx.allocations = Allocations()
             self._restore_allocations()
+            self.throughput_store.load()
             self.ctx.pending.resync(self.ctx.store)
             self._resynced_at = time.monotonic()
 
@@ -101,6 +125,10 @@ class Controller:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.ctx.fleet.close_all()
+        try:  # what was learned since the last batch
+            self.throughput_store.flush()
+        except StoreError as exc:
+            log.warning("could not save learned throughput on stop: %s", exc)
 
     def tick(self) -> RoundResult:
         """One pass of the loop: handle lost nodes, then a scheduling round."""
@@ -111,6 +139,8 @@ class Controller:
         self.migrations.resend_pending(now)
         self.preemptions.resend_pending(now)
         result = run_round(self.ctx, self.host, self.policy, preempt=self.preemptions.apply)
+        self.policy_migrations.after_round(result, self.ctx.clock())
+        self._save_throughput()
         self.last_round = result
         if self.on_round is not None:
             self.on_round(result)

@@ -49,6 +49,9 @@ class Fleet:
         self._sessions: dict[str, AgentSession] = {}
         self._by_id: dict[str, AgentSession] = {}
         self._disconnected_since: dict[str, float] = {}
+        # Bumped whenever a node's inventory (name, pool, region, devices)
+        # may have changed: readers cache what they derive from it.
+        self.inventory_version = 0
         for node in self._nodes.values():
             # Known from before a restart: lost unless its agent comes back.
             node.status = DISCONNECTED
@@ -61,6 +64,7 @@ class Fleet:
             name=request.node_name, pool=request.pool, region=request.region,
             address=request.address, agent_version=request.agent_version,
             cpu_millis=request.cpu_millis, memory_bytes=request.memory_bytes,
+            cost_per_device_hour=request.cost_per_device_hour,
         )
         node.devices.extend(request.devices)
         self._store.upsert_node(node)
@@ -76,9 +80,16 @@ class Fleet:
             node.cordoned, node.cordon_reason = stored.cordoned, stored.cordon_reason
             node.last_heartbeat.CopyFrom(_ts(now))
             self._nodes[node.name] = node
+            self.inventory_version += 1
             self._disconnected_since.pop(node.name, None)
             self._refresh_status(node)
         return session
+
+    def node_of(self, session_id: str) -> str | None:
+        """The node a live session belongs to, without attaching to it."""
+        with self._lock:
+            session = self._by_id.get(session_id)
+            return None if session is None or session.closed else session.node
 
     def attach(self, session_id: str) -> AgentSession | None:
         """The session a Connect stream belongs to, or None if superseded."""
@@ -117,6 +128,8 @@ class Fleet:
             if not devices:
                 return False
             changed = _health_map(node.devices) != _health_map(devices)
+            if _kinds(node.devices) != _kinds(devices):
+                self.inventory_version += 1
             del node.devices[:]
             node.devices.extend(devices)
             return changed
@@ -166,6 +179,8 @@ class Fleet:
     def set_cordon(self, name: str, cordoned: bool, reason: str) -> common_pb2.Node:
         stored = self._store.set_cordon(name, cordoned, reason)
         with self._lock:
+            if name not in self._nodes:
+                self.inventory_version += 1
             node = self._nodes.setdefault(name, stored)
             node.cordoned, node.cordon_reason = cordoned, reason if cordoned else ""
             self._refresh_status(node)
@@ -187,6 +202,12 @@ class Fleet:
             node.status = DISCONNECTED
         else:
             node.status = CORDONED if node.cordoned else READY
+
+
+def _kinds(devices: object) -> list[tuple[int, str, str, int]]:
+    """What a node's devices are (not how they are doing)."""
+    return [(d.index, d.family, d.model, d.memory_bytes)  # type: ignore[attr-defined]
+            for d in devices]  # type: ignore[attr-defined]
 
 
 def _health_map(devices: object) -> list[tuple[int, bool]]:

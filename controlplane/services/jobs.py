@@ -31,12 +31,16 @@ FOLLOW_POLL_S = 0.5
 
 
 FIT_CACHE_SIZE = 4096
+# Valid specs remembered (see JobService._validate), and the largest kept.
+VALID_SPEC_CACHE = 4096
+VALID_SPEC_BYTES = 16 * 1024
 
 
 def _shape(spec: common_pb2.JobSpec) -> tuple:
-    """What decides whether a job can ever fit: queue, gang and resources."""
+    """What decides whether a job can ever fit: queue, gang and resources,
+    and the objective and region that may narrow where it goes."""
     return (spec.queue, spec.replicas, spec.resources.SerializeToString(deterministic=True),
-            tuple(sorted(spec.variants)))
+            tuple(sorted(spec.variants)), spec.objective, spec.data_region, spec.latency_class)
 
 
 def _inventory(nodes: list[common_pb2.Node]) -> tuple:
@@ -59,7 +63,14 @@ class JobService:
         # once per submission, until a node's devices change.
         self._fit_cache: dict[tuple, str] = {}
         self._fit_inventory: tuple = ()
+        # (fleet, its inventory_version) the cache was last checked against:
+        # while it holds, a submission reads neither the nodes nor the cache's
+        # inventory key.
+        self._fit_stamp: tuple = ()
         self._fit_lock = threading.Lock()
+        # Serialized specs that passed validation (validate_spec is pure):
+        # a spec submitted again, or a batch of copies, is checked once.
+        self._valid_specs: set[bytes] = set()
         # Concurrent submissions share one store transaction (group commit).
         self._batcher = SubmitBatcher(ctx.store, ctx.clock)
 
@@ -69,30 +80,59 @@ class JobService:
         """Validate, check the job can ever fit the fleet, persist, wake the
         scheduler. Idempotent on (tenant, client_key). A caller scoped to a
         tenant may only submit to that tenant's queues (PermissionDenied)."""
+        job = self.new_job(spec, client_key, scope)
+        self.limiter.admit(job.tenant)
+        existing = self.refused_unless_retry(job)
+        if existing is not None:
+            return existing, False
+        stored, created = self._batcher.create(job)
+        if created:
+            self.announce()
+        return stored, created
+
+    def new_job(self, spec: common_pb2.JobSpec, client_key: str,
+                scope: str | None = None) -> common_pb2.Job:
+        """The QUEUED job ``spec`` makes, once validated (InvalidArgument
+        naming the field) and authorised (PermissionDenied)."""
         if len(client_key) > MAX_CLIENT_KEY:
             raise InvalidArgument("client_key", f"longer than {MAX_CLIENT_KEY} characters")
-        validate_spec(spec, self.ctx.catalogue)
+        self._validate(spec)
         tenant = spec.queue.split("/", 1)[0]
         if scope is not None and tenant != scope:
             raise PermissionDenied(f"tenant {scope!r} may not submit to queue {spec.queue!r}")
-        self.limiter.admit(tenant)
-        job = J.Job(id=new_job_id(), tenant=tenant, client_key=client_key, spec=spec,
-                    state=J.JOB_STATE_QUEUED, attempt=1)
+        return J.Job(id=new_job_id(), tenant=tenant, client_key=client_key, spec=spec,
+                     state=J.JOB_STATE_QUEUED, attempt=1)
+
+    def _validate(self, spec: common_pb2.JobSpec) -> None:
+        size = spec.ByteSize()
+        raw = spec.SerializeToString(deterministic=True) if size <= VALID_SPEC_BYTES else b""
+        if raw and raw in self._valid_specs:
+            return
+        validate_spec(spec, self.ctx.catalogue)
+        if raw:
+            if len(self._valid_specs) >= VALID_SPEC_CACHE:
+                self._valid_specs.clear()
+            self._valid_specs.add(raw)
+
+    def refused_unless_retry(self, job: common_pb2.Job) -> common_pb2.Job | None:
+        """None when ``job`` may be created; raises InvalidArgument when it can
+        never fit the fleet, unless it retries an accepted key: then that job."""
         try:
             self._check_can_ever_fit(job)
         except InvalidArgument:
             # A retry of an accepted job still gets that job, even if the
             # fleet changed since. (No store read on the common path: the
             # store resolves the key atomically when it creates the job.)
-            existing = self._existing(tenant, client_key) if client_key else None
+            existing = self._existing(job.tenant, job.client_key) if job.client_key else None
             if existing is None:
                 raise
-            return existing, False
-        stored, created = self._batcher.create(job)
-        if created:
-            self.ctx.wake.set()
-            self.ctx.notifier.notify()
-        return stored, created
+            return existing
+        return None
+
+    def announce(self) -> None:
+        """Jobs were created: wake the scheduler and the watchers."""
+        self.ctx.wake.set()
+        self.ctx.notifier.notify()
 
     def _existing(self, tenant: str, client_key: str) -> common_pb2.Job | None:
         # Only for a retry refused by the fit check; see submit().
@@ -101,13 +141,26 @@ class JobService:
     def _check_can_ever_fit(self, job: common_pb2.Job) -> None:
         """Reject at submit a job no known node could ever hold. With no node
         known yet (fresh start) the job is accepted and waits."""
-        nodes = self.ctx.fleet.nodes()
+        fleet, key = self.ctx.fleet, _shape(job.spec)
+        stamp = (fleet, fleet.inventory_version)  # read before the nodes: never newer
+        with self._fit_lock:
+            reason = self._fit_cache.get(key) if stamp == self._fit_stamp else None
+        if reason is None:
+            reason = self._fit_reason(job, key, stamp)
+        if reason:
+            raise InvalidArgument("spec.resources", f"can never be placed: {reason}")
+
+    def _fit_reason(self, job: common_pb2.Job, key: tuple, stamp: tuple) -> str:
+        """The cache's answer for ``key`` after checking it against the
+        nodes, or the core's (then cached)."""
+        nodes = stamp[0].nodes()
         if not nodes:
-            return
-        inventory, key = _inventory(nodes), _shape(job.spec)
+            return ""
+        inventory = _inventory(nodes)
         with self._fit_lock:
             if inventory != self._fit_inventory:
                 self._fit_cache, self._fit_inventory = {}, inventory
+            self._fit_stamp = stamp
             reason = self._fit_cache.get(key)
         if reason is None:
             reason = self._never_fits(job, nodes)
@@ -116,8 +169,7 @@ class JobService:
                     if len(self._fit_cache) >= FIT_CACHE_SIZE:
                         self._fit_cache.clear()
                     self._fit_cache[key] = reason
-        if reason:
-            raise InvalidArgument("spec.resources", f"can never be placed: {reason}")
+        return reason
 
     def _never_fits(self, job: common_pb2.Job, nodes: list[common_pb2.Node]) -> str:
         """Why the core finds no node that could ever hold ``job``; "" if one can."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controlplane.api.errors import ResourceExhausted
@@ -82,6 +82,36 @@ class SubmissionLimiter:
             raise ResourceExhausted(
                 f"submission rate for tenant {tenant} exceeds {self.rate:g}/s "
                 f"(burst {self.burst:g}); retry after {wait:.3f}s")
+
+    def admit_counts(self, counts: Mapping[str, int]) -> None:
+        """Admit ``counts[tenant]`` submissions of each tenant at once (a
+        batch call): every tenant's tokens are taken, or none and
+        ResourceExhausted names the first tenant short of them."""
+        if self.rate <= 0:
+            return
+        now = self.clock()
+        taken: list[tuple[TokenBucket, int]] = []
+        with self._lock:
+            for tenant, n in counts.items():
+                bucket = self._buckets.get(tenant)
+                if bucket is None:
+                    self._forget_idle(now)
+                    bucket = self._buckets[tenant] = TokenBucket(self.rate, self.burst, now)
+                wait = bucket.take(now, n) if n <= self.burst else float("inf")
+                if wait > 0:
+                    for earlier, m in taken:  # all or nothing
+                        earlier.tokens += m
+                    break
+                taken.append((bucket, n))
+            else:
+                return
+        if n > self.burst:
+            raise ResourceExhausted(
+                f"{n} submissions for tenant {tenant} in one call exceed its burst "
+                f"{self.burst:g}; send smaller batches")
+        raise ResourceExhausted(
+            f"submission rate for tenant {tenant} exceeds {self.rate:g}/s "
+            f"(burst {self.burst:g}; {n} in this call); retry after {wait:.3f}s")
 
     def _forget_idle(self, now: float) -> None:
         if len(self._buckets) >= MAX_TRACKED:

@@ -39,6 +39,11 @@ class PendingQueue:
         # Learned speeds; a queued job carries its type's factors.
         self.throughput: ThroughputTable | None = None
         self._types: dict[str, str] = {}  # queued job id -> job type
+        # While a resync reads the store: what was observed meanwhile, to be
+        # applied again on top of the rebuilt queue (None = no resync).
+        self._replay: list[common_pb2.Job] | None = None
+        self._refreshed: set[str] = set()
+        self._resync_lock = threading.Lock()
 
     def refresh_speed(self, kind: str) -> None:
         """The learned factors of ``kind`` changed: re-stamp its queued jobs
@@ -47,22 +52,46 @@ class PendingQueue:
             return
         speed = self.throughput.speed(kind)
         with self._lock:
+            if self._replay is not None:
+                self._refreshed.add(kind)
             for job_id, job_kind in self._types.items():
                 if job_kind == kind and job_id in self._queued:
                     self._queued[job_id] = dataclasses.replace(self._queued[job_id],
                                                                speed=speed)
 
     def resync(self, store: Store) -> None:
-        """Rebuild from the store. The store is read under the queue's lock,
-        so an observation of a change committed meanwhile waits and lands
-        after the rebuild instead of being overwritten by it."""
-        with self._lock:
-            live = store.jobs_in_states(states.NON_TERMINAL)
-            self._queued.clear()
-            self._order = {job.id: i for i, job in enumerate(live)}
-            self._next = len(live)
-            for job in live:
-                self._observe(job)
+        """Rebuild from the store. The store is read and the queue rebuilt
+        without holding the queue's lock (a long queue takes seconds, and
+        every submission observes into the queue); whatever is observed
+        meanwhile is recorded and applied again on top of the rebuilt queue,
+        so a change committed during the read is never overwritten by it."""
+        with self._resync_lock:  # one rebuild at a time: one replay log
+            with self._lock:
+                self._replay, self._refreshed = [], set()
+            try:
+                fresh = self._rebuilt(store)
+            except BaseException:
+                with self._lock:
+                    self._replay = None
+                raise
+            with self._lock:
+                replay, refreshed, self._replay = self._replay, self._refreshed, None
+                self._queued, self._order = fresh._queued, fresh._order
+                self._next, self._types = fresh._next, fresh._types
+                for job in replay:
+                    self._observe(job)
+        for kind in refreshed:  # learned speeds that changed during the read
+            self.refresh_speed(kind)
+
+    def _rebuilt(self, store: Store) -> PendingQueue:
+        fresh = PendingQueue(self.catalogue)
+        fresh.throughput = self.throughput
+        live = store.jobs_in_states(states.NON_TERMINAL)
+        fresh._order = {job.id: i for i, job in enumerate(live)}
+        fresh._next = len(live)
+        for job in live:
+            fresh._observe(job)
+        return fresh
 
     def observe(self, jobs: Iterable[common_pb2.Job]) -> None:
         """Record committed jobs: QUEUED ones are (re)translated and queued,
@@ -70,6 +99,8 @@ class PendingQueue:
         with self._lock:
             for job in jobs:
                 self._observe(job)
+                if self._replay is not None:
+                    self._replay.append(job)
 
     def _observe(self, job: common_pb2.Job) -> None:
         if states.is_terminal(job.state):

@@ -19,6 +19,12 @@ start. Every key is optional; missing keys keep :class:`Policy`'s defaults::
         ascend: {devices: 0}
     max_preemptions_per_round: 8    # 0 = never preempt
     preemption_cooldown_s: 300
+    default_objective: fastest      # fastest | cost | energy | pinned
+    queue_objectives: {lab-a/batch: cost}   # per queue; a job's own wins
+    transfer_penalty_s:             # data region -> pool region -> seconds a
+      east: {west: 1800}            # batch job there holds its devices longer
+    default_transfer_penalty_s: 0   # any other pair of different regions
+    migration: {enabled: false}     # policy-triggered migration (services/migration_policy)
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ from typing import Any
 
 import yaml
 
+from controlplane.scheduler.core_objective import OBJECTIVES
 from controlplane.scheduler.types import Policy, Quota
+from controlplane.services.migration_policy import (
+    MigrationPolicy,
+    MigrationPolicyError,
+    parse_migration,
+)
 
 # key -> (type, lower bound). Bools are checked apart (bool is an int).
 _NUMBERS: dict[str, tuple[type, float]] = {
@@ -41,9 +53,12 @@ _NUMBERS: dict[str, tuple[type, float]] = {
     "max_reservations_per_round": (int, 0),
     "max_preemptions_per_round": (int, 0),
     "preemption_cooldown_s": (float, 0.0),
+    "default_transfer_penalty_s": (float, 0.0),
 }
 _QUOTA_KEYS = frozenset({"devices", "borrow_limit"})
-KNOWN_KEYS = frozenset({*_NUMBERS, "fair_share", "tenant_weights", "quotas"})
+KNOWN_KEYS = frozenset({*_NUMBERS, "fair_share", "tenant_weights", "quotas",
+                        "default_objective", "queue_objectives", "transfer_penalty_s",
+                        "migration"})
 
 
 class PolicyError(ValueError):
@@ -64,6 +79,17 @@ def load_policy(path: str | Path) -> Policy:
     try:
         return parse_policy(data)
     except PolicyError as err:
+        raise PolicyError(f"policy file {path}: {err}") from err
+
+
+def load_migration_policy(path: str | Path) -> MigrationPolicy:
+    """The ``migration:`` section of the policy file at ``path`` (defaults: off).
+    Call after :func:`load_policy`, which reports a bad file first."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    section = data.get("migration") if isinstance(data, Mapping) else None
+    try:
+        return parse_migration(section)
+    except MigrationPolicyError as err:
         raise PolicyError(f"policy file {path}: {err}") from err
 
 
@@ -89,7 +115,56 @@ def parse_policy(data: Any) -> Policy:
         changes["tenant_weights"] = _weights(data["tenant_weights"])
     if "quotas" in data:
         changes["quotas"] = _quotas(data["quotas"])
+    if "default_objective" in data:
+        changes["default_objective"] = _objective("default_objective", data["default_objective"])
+    if "queue_objectives" in data:
+        changes["queue_objectives"] = _queue_objectives(data["queue_objectives"])
+    if "transfer_penalty_s" in data:
+        changes["transfer_penalty_s"] = _penalties(data["transfer_penalty_s"])
+    if "migration" in data:  # validated here; load_migration_policy returns it
+        try:
+            parse_migration(data["migration"])
+        except MigrationPolicyError as err:
+            raise PolicyError(str(err)) from err
     return replace(Policy(), **changes)
+
+
+def _objective(key: str, value: Any) -> str:
+    if value not in OBJECTIVES:
+        raise PolicyError(f"{key}: expected one of {', '.join(OBJECTIVES)}, got {value!r}")
+    return str(value)
+
+
+def _queue_objectives(value: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise PolicyError("queue_objectives: expected a mapping of tenant/queue -> objective")
+    out = []
+    for queue, objective in value.items():
+        key = f"queue_objectives.{queue}"
+        _name(key, queue)
+        out.append((str(queue), _objective(key, objective)))
+    return tuple(sorted(out))
+
+
+def _penalties(value: Any) -> tuple[tuple[str, str, float], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise PolicyError("transfer_penalty_s: expected a mapping of data region -> "
+                          "pool region -> seconds")
+    out = []
+    for home, per_region in value.items():
+        _name(f"transfer_penalty_s.{home}", home)
+        if not isinstance(per_region, Mapping) or not per_region:
+            raise PolicyError(f"transfer_penalty_s.{home}: expected a mapping of pool region "
+                              "-> seconds")
+        for there, seconds in per_region.items():
+            key = f"transfer_penalty_s.{home}.{there}"
+            _name(key, there)
+            out.append((str(home), str(there), float(_number(key, seconds, float, 0.0))))
+    return tuple(sorted(out))
 
 
 def _number(key: str, value: Any, kind: type, low: float) -> float | int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -61,7 +61,22 @@ def next_transition(job: common_pb2.Job, rows: Sequence[ReplicaRecord]) -> list[
     elif current == J.JOB_STATE_STARTING and all(
             s in (R.REPLICA_STATE_RUNNING, R.REPLICA_STATE_SUCCEEDED) for s in replica_states):
         chain.append(_to(job, J.JOB_STATE_RUNNING, "running", "every replica running"))
-    return chain
+    return _unpinned(job, chain)
+
+
+def _unpinned(job: common_pb2.Job, chain: list[Transition]) -> list[Transition]:
+    """A migrated job that runs (or finished) on its target drops the pin: the
+    pin steers the placement after the migration only, and a later requeue
+    (preemption, retry) may go anywhere the spec allows again. The event
+    keeps the history."""
+    if not job.placement_target or not chain or chain[-1].to_state not in (
+            J.JOB_STATE_RUNNING, J.JOB_STATE_SUCCEEDED):
+        return chain
+    last = chain[-1]
+    where = f"{job.placement.family}/{job.placement.model}".strip("/")
+    note = (f"{last.message}; on {where}, its migration target "
+            f"{job.placement_target.replace(':', ' ')} (pin cleared)")
+    return [*chain[:-1], replace(last, message=note, clear_placement_target=True)]
 
 
 def _migration_step(job: common_pb2.Job, rows: Sequence[ReplicaRecord]) -> list[Transition]:
@@ -152,10 +167,15 @@ class Reconciler:
         self.ctx = ctx
 
     def on_status(self, node: str, status: agent_pb2.ReplicaStatus) -> Verdict:
-        """Record one replica report and move its job on. Durable on return."""
+        """Record one replica report and move its job on. Durable on return.
+
+        Only a replica placed on ``node`` (the reporting agent's) counts: a
+        report on another node's replica changes nothing and, if live, is
+        answered with a stop, like any stale report."""
         ctx, ref = self.ctx, status.ref
         with ctx.lock:
-            row = ctx.store.update_replica(ref, status.state, status.exit_code, status.message)
+            row = ctx.store.update_replica(ref, status.state, status.exit_code, status.message,
+                                           node=node)
             if status.state in FINAL:
                 ctx.allocations.release(ref.job_id, ref.attempt, node=node, rank=ref.rank)
             job = ctx.store.get_job(ref.job_id)

@@ -17,6 +17,7 @@ from controlplane.scheduler.host import SchedulerHost
 from controlplane.scheduler.types import (
     ClusterSnapshot,
     Decisions,
+    NodeView,
     PendingJob,
     Policy,
     PreemptionDecision,
@@ -51,12 +52,26 @@ def model_speeds(ctx: Context) -> tuple[tuple[str, float], ...]:
     return tuple(sorted((m, ctx.catalogue.relative_speed(m)) for m in ctx.catalogue.models))
 
 
-def snapshot(ctx: Context) -> ClusterSnapshot:
+def model_power(ctx: Context, nodes: Sequence[NodeView] = ()) -> tuple[tuple[str, float], ...]:
+    """Watts per device of every catalogue model and of the unknown models
+    ``nodes`` have (those draw what the reference chip draws)."""
+    models = {*ctx.catalogue.models, *(v.model for v in nodes)}
+    return tuple(sorted((m, ctx.catalogue.power_w(m)) for m in models))
+
+
+def snapshot(ctx: Context, now: float | None = None) -> ClusterSnapshot:
+    """The fleet and the running jobs; with ``now``, each running job's time
+    since its last reported checkpoint (preemption victims lose least)."""
     active = ctx.store.jobs_in_states(states.ACTIVE)
+    table = ctx.throughput
+    views = tuple(node_views(ctx.fleet.nodes(), ctx.allocations, ctx.catalogue))
     return ClusterSnapshot(
-        nodes=tuple(node_views(ctx.fleet.nodes(), ctx.allocations, ctx.catalogue)),
-        running=tuple(running_view(j) for j in active if j.placement.replicas),
+        nodes=views,
+        running=tuple(
+            running_view(j, now, table.last_checkpoint(j.id) if table is not None else None)
+            for j in active if j.placement.replicas),
         model_speed=model_speeds(ctx),
+        model_power_w=model_power(ctx, views),
     )
 
 
@@ -80,8 +95,12 @@ def run_round(ctx: Context, host: SchedulerHost, policy: Policy,
         pending = queued_jobs(ctx)
         if not pending:
             return RoundResult(0, 0, time.perf_counter() - started)
-        snap = snapshot(ctx)
-    decisions = host.schedule(snap, pending, policy, now)
+        snap = snapshot(ctx, now)
+        # Re-explaining a queue that can only wait is skipped (quiet_round).
+        explain = ctx.wait_memo.to_explain(snap, policy, pending, ctx.wait_reasons)
+    if not explain:
+        return RoundResult(len(pending), 0, time.perf_counter() - started)
+    decisions = host.schedule(snap, explain, policy, now)
     placed = apply_decisions(ctx, decisions, now)
     if decisions.preemptions and preempt is not None:
         preempt(decisions.preemptions, now)

@@ -22,6 +22,7 @@ from tests.deploy.chart import (
     env_of,
     helm,
     of_kind,
+    render,
     render_case,
     value_args,
 )
@@ -199,6 +200,27 @@ def test_postgres_ha_elects_a_leader_with_least_privilege() -> None:
     assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
     assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     assert not of_kind(docs, "Secret"), "every secret comes from an existing one"
+
+
+def server_settings(docs: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ServerSettings]:
+    """The server container's env and the settings its literal XINHE_* values make."""
+    env = env_of(containers(control_plane(docs))[0])
+    literal = {k: v for k, v in env.items() if k.startswith("XINHE_") and isinstance(v, str)}
+    return env, ServerSettings.from_env(literal)
+
+
+def test_scheduler_shards_and_store_timeout_reach_the_server() -> None:
+    sets = ("controlPlane.schedulerShards=4", "storage.type=postgres",
+            "storage.postgres.existingSecret=xinhe-store", "storage.postgres.timeoutSeconds=2")
+    env, settings = server_settings(render(sets=sets))
+    assert (env["XINHE_SCHEDULER_SHARDS"], env["XINHE_STORE_TIMEOUT_S"]) == ("4", "2")
+    assert (settings.scheduler_shards, settings.store_timeout_s) == (4, 2.0)
+    # The chart's defaults are the server's; SQLite gets no PostgreSQL timeout.
+    env, settings = server_settings(render_case("default"))
+    assert settings.scheduler_shards == ServerSettings().scheduler_shards
+    assert "XINHE_STORE_TIMEOUT_S" not in env
+    _env, settings = server_settings(render_case("values-postgres-ha"))
+    assert settings.store_timeout_s == ServerSettings().store_timeout_s
 
 
 def test_kuberay_falls_back_to_embedded_ray_without_the_crd() -> None:

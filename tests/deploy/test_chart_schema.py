@@ -26,6 +26,10 @@ BAD_VALUES = [
     (["metrics.port=70000"], "/metrics/port"),
     (["controlPlane.replicaz=2"], "additional properties 'replicaz' not allowed"),
     (["policy.waitForFasterMargin=0.5"], "/policy/waitForFasterMargin"),
+    (["controlPlane.schedulerShards=0"], "/controlPlane/schedulerShards"),
+    (["controlPlane.schedulerShards=-2"], "/controlPlane/schedulerShards"),
+    (["storage.postgres.timeoutSeconds=-1"], "/storage/postgres/timeoutSeconds"),
+    (["storage.postgres.timeoutSeconds=0"], "/storage/postgres/timeoutSeconds"),
     # Cross-field rules the templates check, with their own message.
     (["storage.type=postgres"], "storage.type=postgres needs storage.postgres.existingSecret"),
     (["tls.enabled=true"], "tls.enabled needs tls.existingSecret"),

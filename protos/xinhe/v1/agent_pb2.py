@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from xinhe.v1 import common_pb2 as xinhe_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xinhe/v1/agent.proto\x12\x08xinhe.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15xinhe/v1/common.proto\"J\n\nReplicaRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\"\x97\x02\n\x0fRegisterRequest\x12\x33\n\x10protocol_version\x18\x01 \x01(\x0e\x32\x19.xinhe.v1.ProtocolVersion\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12!\n\x07\x64\x65vices\x18\x06 \x03(\x0b\x32\x10.xinhe.v1.Device\x12\x12\n\ncpu_millis\x18\x07 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x08 \x01(\x04\x12\x15\n\ragent_version\x18\t \x01(\t\x12)\n\x08replicas\x18\n \x03(\x0b\x32\x17.xinhe.v1.ReplicaStatus\"\x81\x01\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\"\n\x04stop\x18\x03 \x03(\x0b\x32\x14.xinhe.v1.ReplicaRef\"\xfb\x01\n\x0c\x41gentMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.xinhe.v1.HeartbeatH\x00\x12.\n\tinventory\x18\x03 \x01(\x0b\x32\x19.xinhe.v1.InventoryUpdateH\x00\x12)\n\x06status\x18\x04 \x01(\x0b\x32\x17.xinhe.v1.ReplicaStatusH\x00\x12\"\n\x04logs\x18\x05 \x01(\x0b\x32\x12.xinhe.v1.LogChunkH\x00\x12&\n\x08progress\x18\x06 \x01(\x0b\x32\x12.xinhe.v1.ProgressH\x00\x42\x06\n\x04\x62ody\"\x7f\n\x08Progress\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.xinhe.v1.ReplicaRef\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x18\n\x10steps_per_second\x18\x03 \x01(\x01\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x7f\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x10.xinhe.v1.Device\x12%\n\x07running\x18\x03 \x03(\x0b\x32\x14.xinhe.v1.ReplicaRef\"4\n\x0fInventoryUpdate\x12!\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x10.xinhe.v1.Device\"\xbf\x01\n\rReplicaStatus\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.xinhe.v1.ReplicaRef\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.xinhe.v1.ReplicaState\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61gent_sequence\x18\x06 \x01(\x04\"\xbb\x01\n\x0e\x43ontrolMessage\x12)\n\x06launch\x18\x01 \x01(\x0b\x32\x17.xinhe.v1.LaunchReplicaH\x00\x12%\n\x04stop\x18\x02 \x01(\x0b\x32\x15.xinhe.v1.StopReplicaH\x00\x12\x1c\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\r.xinhe.v1.AckH\x00\x12\x31\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x1b.xinhe.v1.CheckpointReplicaH\x00\x42\x06\n\x04\x62ody\"\xbc\x03\n\rLaunchReplica\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.xinhe.v1.ReplicaRef\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12-\n\x03\x65nv\x18\x05 \x03(\x0b\x32 .xinhe.v1.LaunchReplica.EnvEntry\x12\x13\n\x0bworking_dir\x18\x06 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x16\n\x0e\x64\x65vice_indices\x18\t \x03(\r\x12\x12\n\nworld_size\x18\n \x01(\r\x12\x13\n\x0bmaster_addr\x18\x0b \x01(\t\x12\x13\n\x0bmaster_port\x18\x0c \x01(\r\x12.\n\x0bmax_runtime\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x63heckpoint_dir\x18\x0e \x01(\t\x12\x12\n\ncpu_millis\x18\x0f \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x10 \x01(\x04\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\x0bStopReplica\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.xinhe.v1.ReplicaRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12(\n\x05grace\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9c\x01\n\x11\x43heckpointReplica\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.xinhe.v1.ReplicaRef\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05grace\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"=\n\x03\x41\x63k\x12\x16\n\x0e\x61gent_sequence\x18\x01 \x01(\x04\x12\x1e\n\x04logs\x18\x02 \x03(\x0b\x32\x10.xinhe.v1.LogAck\"m\n\x06LogAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12#\n\x06stream\x18\x04 \x01(\x0e\x32\x13.xinhe.v1.LogStream\x12\x0f\n\x07offsets\x18\x05 \x03(\x04*K\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_VERSION_1\x10\x01*\xb6\x01\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REPLICA_STATE_STARTING\x10\x01\x12\x19\n\x15REPLICA_STATE_RUNNING\x10\x02\x12\x1b\n\x17REPLICA_STATE_SUCCEEDED\x10\x03\x12\x18\n\x14REPLICA_STATE_FAILED\x10\x04\x12\x19\n\x15REPLICA_STATE_STOPPED\x10\x05\x32\x92\x01\n\x0c\x41gentService\x12\x41\n\x08Register\x12\x19.xinhe.v1.RegisterRequest\x1a\x1a.xinhe.v1.RegisterResponse\x12?\n\x07\x43onnect\x12\x16.xinhe.v1.AgentMessage\x1a\x18.xinhe.v1.ControlMessage(\x01\x30\x01\x42L\n\x0bio.xinhe.v1P\x01Z;github.com/xinhe-orchestrator/xinhe/gen/go/xinhe/v1;xinhev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xinhe/v1/agent.proto\x12\x08xinhe.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15xinhe/v1/common.proto\"J\n\nReplicaRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\"\xb5\x02\n\x0fRegisterRequest\x12\x33\n\x10protocol_version\x18\x01 \x01(\x0e\x32\x19.xinhe.v1.ProtocolVersion\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12!\n\x07\x64\x65vices\x18\x06 \x03(\x0b\x32\x10.xinhe.v1.Device\x12\x12\n\ncpu_millis\x18\x07 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x08 \x01(\x04\x12\x15\n\ragent_version\x18\t \x01(\t\x12)\n\x08replicas\x18\n \x03(\x0b\x32\x17.xinhe.v1.ReplicaStatus\x12\x1c\n\x14\x63ost_per_device_hour\x18\x0b \x01(\x01\"\x81\x01\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\"\n\x04stop\x18\x03 \x03(\x0b\x32\x14.xinhe.v1.ReplicaRef\"\xfb\x01\n\x0c\x41gentMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.xinhe.v1.HeartbeatH\x00\x12.\n\tinventory\x18\x03 \x01(\x0b\x32\x19.xinhe.v1.InventoryUpdateH\x00\x12)\n\x06status\x18\x04 \x01(\x0b\x32\x17.xinhe.v1.ReplicaStatusH\x00\x12\"\n\x04logs\x18\x05 \x01(\x0b\x32\x12.xinhe.v1.LogChunkH\x00\x12&\n\x08progress\x18\x06 \x01(\x0b\x32\x12.xinhe.v1.ProgressH\x00\x42\x06\n\x04\x62ody\"\xb4\x01\n\x08Progress\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.xinhe.v1.ReplicaRef\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x18\n\x10steps_per_second\x18\x03 \x01(\x01\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_checkpoint\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x7f\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x10.xinhe.v1.Device\x12%\n\x07running\x18\x03 \x03(\x0b\x32\x14.xinhe.v1.ReplicaRef\"4\n\x0fInventoryUpdate\x12!\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x10.xinhe.v1.Device\"\xbf\x01\n\rReplicaStatus\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.xinhe.v1.ReplicaRef\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.xinhe.v1.ReplicaState\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61gent_sequence\x18\x06 \x01(\x04\"\xbb\x01\n\x0e\x43ontrolMessage\x12)\n\x06launch\x18\x01 \x01(\x0b\x32\x17.xinhe.v1.LaunchReplicaH\x00\x12%\n\x04stop\x18\x02 \x01(\x0b\x32\x15.xinhe.v1.StopReplicaH\x00\x12\x1c\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\r.xinhe.v1.AckH\x00\x12\x31\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x1b.xinhe.v1.CheckpointReplicaH\x00\x42\x06\n\x04\x62ody\"\xcb\x03\n\rLaunchReplica\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.xinhe.v1.ReplicaRef\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12-\n\x03\x65nv\x18\x05 \x03(\x0b\x32 .xinhe.v1.LaunchReplica.EnvEntry\x12\x13\n\x0bworking_dir\x18\x06 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x16\n\x0e\x64\x65vice_indices\x18\t \x03(\r\x12\x12\n\nworld_size\x18\n \x01(\r\x12\x13\n\x0bmaster_addr\x18\x0b \x01(\t\x12\x13\n\x0bmaster_port\x18\x0c \x01(\r\x12.\n\x0bmax_runtime\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x63heckpoint_dir\x18\x0e \x01(\t\x12\x12\n\ncpu_millis\x18\x0f \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x10 \x01(\x04\x12\r\n\x05image\x18\x11 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\x0bStopReplica\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.xinhe.v1.ReplicaRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12(\n\x05grace\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9c\x01\n\x11\x43heckpointReplica\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.xinhe.v1.ReplicaRef\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05grace\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"=\n\x03\x41\x63k\x12\x16\n\x0e\x61gent_sequence\x18\x01 \x01(\x04\x12\x1e\n\x04logs\x18\x02 \x03(\x0b\x32\x10.xinhe.v1.LogAck\"m\n\x06LogAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12#\n\x06stream\x18\x04 \x01(\x0e\x32\x13.xinhe.v1.LogStream\x12\x0f\n\x07offsets\x18\x05 \x03(\x04*K\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_VERSION_1\x10\x01*\xb6\x01\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REPLICA_STATE_STARTING\x10\x01\x12\x19\n\x15REPLICA_STATE_RUNNING\x10\x02\x12\x1b\n\x17REPLICA_STATE_SUCCEEDED\x10\x03\x12\x18\n\x14REPLICA_STATE_FAILED\x10\x04\x12\x19\n\x15REPLICA_STATE_STOPPED\x10\x05\x32\x92\x01\n\x0c\x41gentService\x12\x41\n\x08Register\x12\x19.xinhe.v1.RegisterRequest\x1a\x1a.xinhe.v1.RegisterResponse\x12?\n\x07\x43onnect\x12\x16.xinhe.v1.AgentMessage\x1a\x18.xinhe.v1.ControlMessage(\x01\x30\x01\x42L\n\x0bio.xinhe.v1P\x01Z;github.com/xinhe-orchestrator/xinhe/gen/go/xinhe/v1;xinhev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,40 +37,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\013io.xinhe.v1P\001Z;github.com/xinhe-orchestrator/xinhe/gen/go/xinhe/v1;xinhev1'
   _globals['_LAUNCHREPLICA_ENVENTRY']._loaded_options = None
   _globals['_LAUNCHREPLICA_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_PROTOCOLVERSION']._serialized_start=2450
-  _globals['_PROTOCOLVERSION']._serialized_end=2525
-  _globals['_REPLICASTATE']._serialized_start=2528
-  _globals['_REPLICASTATE']._serialized_end=2710
+  _globals['_PROTOCOLVERSION']._serialized_start=2549
+  _globals['_PROTOCOLVERSION']._serialized_end=2624
+  _globals['_REPLICASTATE']._serialized_start=2627
+  _globals['_REPLICASTATE']._serialized_end=2809
   _globals['_REPLICAREF']._serialized_start=122
   _globals['_REPLICAREF']._serialized_end=196
   _globals['_REGISTERREQUEST']._serialized_start=199
-  _globals['_REGISTERREQUEST']._serialized_end=478
-  _globals['_REGISTERRESPONSE']._serialized_start=481
-  _globals['_REGISTERRESPONSE']._serialized_end=610
-  _globals['_AGENTMESSAGE']._serialized_start=613
-  _globals['_AGENTMESSAGE']._serialized_end=864
-  _globals['_PROGRESS']._serialized_start=866
-  _globals['_PROGRESS']._serialized_end=993
-  _globals['_HEARTBEAT']._serialized_start=995
-  _globals['_HEARTBEAT']._serialized_end=1122
-  _globals['_INVENTORYUPDATE']._serialized_start=1124
-  _globals['_INVENTORYUPDATE']._serialized_end=1176
-  _globals['_REPLICASTATUS']._serialized_start=1179
-  _globals['_REPLICASTATUS']._serialized_end=1370
-  _globals['_CONTROLMESSAGE']._serialized_start=1373
-  _globals['_CONTROLMESSAGE']._serialized_end=1560
-  _globals['_LAUNCHREPLICA']._serialized_start=1563
-  _globals['_LAUNCHREPLICA']._serialized_end=2007
-  _globals['_LAUNCHREPLICA_ENVENTRY']._serialized_start=1965
-  _globals['_LAUNCHREPLICA_ENVENTRY']._serialized_end=2007
-  _globals['_STOPREPLICA']._serialized_start=2009
-  _globals['_STOPREPLICA']._serialized_end=2115
-  _globals['_CHECKPOINTREPLICA']._serialized_start=2118
-  _globals['_CHECKPOINTREPLICA']._serialized_end=2274
-  _globals['_ACK']._serialized_start=2276
-  _globals['_ACK']._serialized_end=2337
-  _globals['_LOGACK']._serialized_start=2339
-  _globals['_LOGACK']._serialized_end=2448
-  _globals['_AGENTSERVICE']._serialized_start=2713
-  _globals['_AGENTSERVICE']._serialized_end=2859
+  _globals['_REGISTERREQUEST']._serialized_end=508
+  _globals['_REGISTERRESPONSE']._serialized_start=511
+  _globals['_REGISTERRESPONSE']._serialized_end=640
+  _globals['_AGENTMESSAGE']._serialized_start=643
+  _globals['_AGENTMESSAGE']._serialized_end=894
+  _globals['_PROGRESS']._serialized_start=897
+  _globals['_PROGRESS']._serialized_end=1077
+  _globals['_HEARTBEAT']._serialized_start=1079
+  _globals['_HEARTBEAT']._serialized_end=1206
+  _globals['_INVENTORYUPDATE']._serialized_start=1208
+  _globals['_INVENTORYUPDATE']._serialized_end=1260
+  _globals['_REPLICASTATUS']._serialized_start=1263
+  _globals['_REPLICASTATUS']._serialized_end=1454
+  _globals['_CONTROLMESSAGE']._serialized_start=1457
+  _globals['_CONTROLMESSAGE']._serialized_end=1644
+  _globals['_LAUNCHREPLICA']._serialized_start=1647
+  _globals['_LAUNCHREPLICA']._serialized_end=2106
+  _globals['_LAUNCHREPLICA_ENVENTRY']._serialized_start=2064
+  _globals['_LAUNCHREPLICA_ENVENTRY']._serialized_end=2106
+  _globals['_STOPREPLICA']._serialized_start=2108
+  _globals['_STOPREPLICA']._serialized_end=2214
+  _globals['_CHECKPOINTREPLICA']._serialized_start=2217
+  _globals['_CHECKPOINTREPLICA']._serialized_end=2373
+  _globals['_ACK']._serialized_start=2375
+  _globals['_ACK']._serialized_end=2436
+  _globals['_LOGACK']._serialized_start=2438
+  _globals['_LOGACK']._serialized_end=2547
+  _globals['_AGENTSERVICE']._serialized_start=2812
+  _globals['_AGENTSERVICE']._serialized_end=2958
 # @@protoc_insertion_point(module_scope)

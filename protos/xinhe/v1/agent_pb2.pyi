@@ -47,7 +47,7 @@ class ReplicaRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., rank: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("protocol_version", "node_name", "pool", "region", "address", "devices", "cpu_millis", "memory_bytes", "agent_version", "replicas")
+    __slots__ = ("protocol_version", "node_name", "pool", "region", "address", "devices", "cpu_millis", "memory_bytes", "agent_version", "replicas", "cost_per_device_hour")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class RegisterRequest(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_DEVICE_HOUR_FIELD_NUMBER: _ClassVar[int]
     protocol_version: ProtocolVersion
     node_name: str
     pool: str
@@ -68,7 +69,8 @@ class RegisterRequest(_message.Message):
     memory_bytes: int
     agent_version: str
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
-    def __init__(self, protocol_version: _Optional[_Union[ProtocolVersion, str]] = ..., node_name: _Optional[str] = ..., pool: _Optional[str] = ..., region: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_common_pb2.Device, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., agent_version: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
+    cost_per_device_hour: float
+    def __init__(self, protocol_version: _Optional[_Union[ProtocolVersion, str]] = ..., node_name: _Optional[str] = ..., pool: _Optional[str] = ..., region: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_common_pb2.Device, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., agent_version: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., cost_per_device_hour: _Optional[float] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("session_id", "heartbeat_interval", "stop")
@@ -97,16 +99,18 @@ class AgentMessage(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., inventory: _Optional[_Union[InventoryUpdate, _Mapping]] = ..., status: _Optional[_Union[ReplicaStatus, _Mapping]] = ..., logs: _Optional[_Union[_common_pb2.LogChunk, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("ref", "step", "steps_per_second", "time")
+    __slots__ = ("ref", "step", "steps_per_second", "time", "last_checkpoint")
     REF_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     STEPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     ref: ReplicaRef
     step: int
     steps_per_second: float
     time: _timestamp_pb2.Timestamp
-    def __init__(self, ref: _Optional[_Union[ReplicaRef, _Mapping]] = ..., step: _Optional[int] = ..., steps_per_second: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    last_checkpoint: _timestamp_pb2.Timestamp
+    def __init__(self, ref: _Optional[_Union[ReplicaRef, _Mapping]] = ..., step: _Optional[int] = ..., steps_per_second: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_checkpoint: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("time", "devices", "running")
@@ -153,7 +157,7 @@ class ControlMessage(_message.Message):
     def __init__(self, launch: _Optional[_Union[LaunchReplica, _Mapping]] = ..., stop: _Optional[_Union[StopReplica, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., checkpoint: _Optional[_Union[CheckpointReplica, _Mapping]] = ...) -> None: ...
 
 class LaunchReplica(_message.Message):
-    __slots__ = ("ref", "job_name", "tenant", "command", "env", "working_dir", "family", "model", "device_indices", "world_size", "master_addr", "master_port", "max_runtime", "checkpoint_dir", "cpu_millis", "memory_bytes")
+    __slots__ = ("ref", "job_name", "tenant", "command", "env", "working_dir", "family", "model", "device_indices", "world_size", "master_addr", "master_port", "max_runtime", "checkpoint_dir", "cpu_millis", "memory_bytes", "image")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +181,7 @@ class LaunchReplica(_message.Message):
     CHECKPOINT_DIR_FIELD_NUMBER: _ClassVar[int]
     CPU_MILLIS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     ref: ReplicaRef
     job_name: str
     tenant: str
@@ -193,7 +198,8 @@ class LaunchReplica(_message.Message):
     checkpoint_dir: str
     cpu_millis: int
     memory_bytes: int
-    def __init__(self, ref: _Optional[_Union[ReplicaRef, _Mapping]] = ..., job_name: _Optional[str] = ..., tenant: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., family: _Optional[str] = ..., model: _Optional[str] = ..., device_indices: _Optional[_Iterable[int]] = ..., world_size: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., checkpoint_dir: _Optional[str] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    image: str
+    def __init__(self, ref: _Optional[_Union[ReplicaRef, _Mapping]] = ..., job_name: _Optional[str] = ..., tenant: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., family: _Optional[str] = ..., model: _Optional[str] = ..., device_indices: _Optional[_Iterable[int]] = ..., world_size: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., checkpoint_dir: _Optional[str] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., image: _Optional[str] = ...) -> None: ...
 
 class StopReplica(_message.Message):
     __slots__ = ("ref", "reason", "grace")

@@ -24,6 +24,20 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_PREEMPTED: _ClassVar[JobState]
     JOB_STATE_MIGRATING: _ClassVar[JobState]
 
+class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OBJECTIVE_UNSPECIFIED: _ClassVar[Objective]
+    OBJECTIVE_FASTEST: _ClassVar[Objective]
+    OBJECTIVE_COST: _ClassVar[Objective]
+    OBJECTIVE_ENERGY: _ClassVar[Objective]
+    OBJECTIVE_PINNED: _ClassVar[Objective]
+
+class LatencyClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LATENCY_CLASS_UNSPECIFIED: _ClassVar[LatencyClass]
+    LATENCY_CLASS_BATCH: _ClassVar[LatencyClass]
+    LATENCY_CLASS_INTERACTIVE: _ClassVar[LatencyClass]
+
 class LogStream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LOG_STREAM_UNSPECIFIED: _ClassVar[LogStream]
@@ -46,6 +60,14 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 JOB_STATE_PREEMPTED: JobState
 JOB_STATE_MIGRATING: JobState
+OBJECTIVE_UNSPECIFIED: Objective
+OBJECTIVE_FASTEST: Objective
+OBJECTIVE_COST: Objective
+OBJECTIVE_ENERGY: Objective
+OBJECTIVE_PINNED: Objective
+LATENCY_CLASS_UNSPECIFIED: LatencyClass
+LATENCY_CLASS_BATCH: LatencyClass
+LATENCY_CLASS_INTERACTIVE: LatencyClass
 LOG_STREAM_UNSPECIFIED: LogStream
 LOG_STREAM_STDOUT: LogStream
 LOG_STREAM_STDERR: LogStream
@@ -96,7 +118,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "command", "args", "env", "working_dir", "replicas", "resources", "variants", "reference_runtime", "max_runtime", "priority", "queue", "checkpoint_dir", "retry", "job_type")
+    __slots__ = ("name", "command", "args", "env", "working_dir", "replicas", "resources", "variants", "reference_runtime", "max_runtime", "priority", "queue", "checkpoint_dir", "retry", "job_type", "image", "objective", "data_region", "latency_class")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +148,10 @@ class JobSpec(_message.Message):
     CHECKPOINT_DIR_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
     JOB_TYPE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    DATA_REGION_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_CLASS_FIELD_NUMBER: _ClassVar[int]
     name: str
     command: _containers.RepeatedScalarFieldContainer[str]
     args: _containers.RepeatedScalarFieldContainer[str]
@@ -141,7 +167,11 @@ class JobSpec(_message.Message):
     checkpoint_dir: str
     retry: RetryPolicy
     job_type: str
-    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., replicas: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., variants: _Optional[_Mapping[str, Variant]] = ..., reference_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[int] = ..., queue: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., job_type: _Optional[str] = ...) -> None: ...
+    image: str
+    objective: Objective
+    data_region: str
+    latency_class: LatencyClass
+    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., working_dir: _Optional[str] = ..., replicas: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., variants: _Optional[_Mapping[str, Variant]] = ..., reference_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[int] = ..., queue: _Optional[str] = ..., checkpoint_dir: _Optional[str] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., job_type: _Optional[str] = ..., image: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., data_region: _Optional[str] = ..., latency_class: _Optional[_Union[LatencyClass, str]] = ...) -> None: ...
 
 class ReplicaPlacement(_message.Message):
     __slots__ = ("rank", "node", "device_indices")
@@ -154,7 +184,7 @@ class ReplicaPlacement(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., node: _Optional[str] = ..., device_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Placement(_message.Message):
-    __slots__ = ("pool", "region", "family", "model", "replicas", "master_addr", "master_port", "estimated_runtime", "explanation", "borrowed")
+    __slots__ = ("pool", "region", "family", "model", "replicas", "master_addr", "master_port", "estimated_runtime", "explanation", "borrowed", "objective", "estimated_cost", "estimated_energy_kwh")
     POOL_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +195,9 @@ class Placement(_message.Message):
     ESTIMATED_RUNTIME_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     BORROWED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_COST_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_ENERGY_KWH_FIELD_NUMBER: _ClassVar[int]
     pool: str
     region: str
     family: str
@@ -175,7 +208,10 @@ class Placement(_message.Message):
     estimated_runtime: _duration_pb2.Duration
     explanation: str
     borrowed: bool
-    def __init__(self, pool: _Optional[str] = ..., region: _Optional[str] = ..., family: _Optional[str] = ..., model: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaPlacement, _Mapping]]] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., estimated_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., explanation: _Optional[str] = ..., borrowed: _Optional[bool] = ...) -> None: ...
+    objective: str
+    estimated_cost: float
+    estimated_energy_kwh: float
+    def __init__(self, pool: _Optional[str] = ..., region: _Optional[str] = ..., family: _Optional[str] = ..., model: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaPlacement, _Mapping]]] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., estimated_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., explanation: _Optional[str] = ..., borrowed: _Optional[bool] = ..., objective: _Optional[str] = ..., estimated_cost: _Optional[float] = ..., estimated_energy_kwh: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "tenant", "client_key", "spec", "state", "state_reason", "placement", "attempt", "exit_code", "created_at", "scheduled_at", "started_at", "finished_at", "epoch", "placement_target", "last_preempted_at", "progress")
@@ -292,7 +328,7 @@ class Device(_message.Message):
     def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., family: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., healthy: _Optional[bool] = ..., utilization_ratio: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., temperature_celsius: _Optional[float] = ..., power_watts: _Optional[float] = ..., health_reason: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "pool", "region", "status", "devices", "cpu_millis", "memory_bytes", "address", "agent_version", "last_heartbeat", "cordoned", "cordon_reason", "allocated_device_indices")
+    __slots__ = ("name", "pool", "region", "status", "devices", "cpu_millis", "memory_bytes", "address", "agent_version", "last_heartbeat", "cordoned", "cordon_reason", "allocated_device_indices", "cost_per_device_hour")
     NAME_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +342,7 @@ class Node(_message.Message):
     CORDONED_FIELD_NUMBER: _ClassVar[int]
     CORDON_REASON_FIELD_NUMBER: _ClassVar[int]
     ALLOCATED_DEVICE_INDICES_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_DEVICE_HOUR_FIELD_NUMBER: _ClassVar[int]
     name: str
     pool: str
     region: str
@@ -319,4 +356,5 @@ class Node(_message.Message):
     cordoned: bool
     cordon_reason: str
     allocated_device_indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., pool: _Optional[str] = ..., region: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., address: _Optional[str] = ..., agent_version: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cordoned: _Optional[bool] = ..., cordon_reason: _Optional[str] = ..., allocated_device_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    cost_per_device_hour: float
+    def __init__(self, name: _Optional[str] = ..., pool: _Optional[str] = ..., region: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., address: _Optional[str] = ..., agent_version: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cordoned: _Optional[bool] = ..., cordon_reason: _Optional[str] = ..., allocated_device_indices: _Optional[_Iterable[int]] = ..., cost_per_device_hour: _Optional[float] = ...) -> None: ...

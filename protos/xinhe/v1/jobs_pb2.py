@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from xinhe.v1 import common_pb2 as xinhe_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xinhe/v1/jobs.proto\x12\x08xinhe.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15xinhe/v1/common.proto\"G\n\x10SubmitJobRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.xinhe.v1.JobSpec\x12\x12\n\nclient_key\x18\x02 \x01(\t\"@\n\x11SubmitJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.xinhe.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"k\n\x0fListJobsRequest\x12\"\n\x06states\x18\x01 \x03(\x0e\x32\x12.xinhe.v1.JobState\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.xinhe.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"I\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"n\n\x11StreamLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x13\n\x0b\x66ilter_rank\x18\x04 \x01(\x08\x12\x0c\n\x04rank\x18\x05 \x01(\r\"z\n\x11MigrateJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x35\n\x12\x63heckpoint_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration2\xb7\x03\n\nJobService\x12\x44\n\tSubmitJob\x12\x1a.xinhe.v1.SubmitJobRequest\x1a\x1b.xinhe.v1.SubmitJobResponse\x12\x30\n\x06GetJob\x12\x17.xinhe.v1.GetJobRequest\x1a\r.xinhe.v1.Job\x12\x41\n\x08ListJobs\x12\x19.xinhe.v1.ListJobsRequest\x1a\x1a.xinhe.v1.ListJobsResponse\x12\x36\n\tCancelJob\x12\x1a.xinhe.v1.CancelJobRequest\x1a\r.xinhe.v1.Job\x12;\n\x08WatchJob\x12\x19.xinhe.v1.WatchJobRequest\x1a\x12.xinhe.v1.JobEvent0\x01\x12?\n\nStreamLogs\x12\x1b.xinhe.v1.StreamLogsRequest\x1a\x12.xinhe.v1.LogChunk0\x01\x12\x38\n\nMigrateJob\x12\x1b.xinhe.v1.MigrateJobRequest\x1a\r.xinhe.v1.JobBL\n\x0bio.xinhe.v1P\x01Z;github.com/xinhe-orchestrator/xinhe/gen/go/xinhe/v1;xinhev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xinhe/v1/jobs.proto\x12\x08xinhe.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15xinhe/v1/common.proto\"G\n\x10SubmitJobRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.xinhe.v1.JobSpec\x12\x12\n\nclient_key\x18\x02 \x01(\t\"@\n\x11SubmitJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.xinhe.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"A\n\x11SubmitJobsRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.xinhe.v1.SubmitJobRequest\"i\n\x0fSubmitJobResult\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.xinhe.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"@\n\x12SubmitJobsResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.xinhe.v1.SubmitJobResult\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"k\n\x0fListJobsRequest\x12\"\n\x06states\x18\x01 \x03(\x0e\x32\x12.xinhe.v1.JobState\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.xinhe.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"I\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"n\n\x11StreamLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x13\n\x0b\x66ilter_rank\x18\x04 \x01(\x08\x12\x0c\n\x04rank\x18\x05 \x01(\r\"z\n\x11MigrateJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x35\n\x12\x63heckpoint_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration2\x80\x04\n\nJobService\x12\x44\n\tSubmitJob\x12\x1a.xinhe.v1.SubmitJobRequest\x1a\x1b.xinhe.v1.SubmitJobResponse\x12G\n\nSubmitJobs\x12\x1b.xinhe.v1.SubmitJobsRequest\x1a\x1c.xinhe.v1.SubmitJobsResponse\x12\x30\n\x06GetJob\x12\x17.xinhe.v1.GetJobRequest\x1a\r.xinhe.v1.Job\x12\x41\n\x08ListJobs\x12\x19.xinhe.v1.ListJobsRequest\x1a\x1a.xinhe.v1.ListJobsResponse\x12\x36\n\tCancelJob\x12\x1a.xinhe.v1.CancelJobRequest\x1a\r.xinhe.v1.Job\x12;\n\x08WatchJob\x12\x19.xinhe.v1.WatchJobRequest\x1a\x12.xinhe.v1.JobEvent0\x01\x12?\n\nStreamLogs\x12\x1b.xinhe.v1.StreamLogsRequest\x1a\x12.xinhe.v1.LogChunk0\x01\x12\x38\n\nMigrateJob\x12\x1b.xinhe.v1.MigrateJobRequest\x1a\r.xinhe.v1.JobBL\n\x0bio.xinhe.v1P\x01Z;github.com/xinhe-orchestrator/xinhe/gen/go/xinhe/v1;xinhev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,20 +38,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITJOBREQUEST']._serialized_end=159
   _globals['_SUBMITJOBRESPONSE']._serialized_start=161
   _globals['_SUBMITJOBRESPONSE']._serialized_end=225
-  _globals['_GETJOBREQUEST']._serialized_start=227
-  _globals['_GETJOBREQUEST']._serialized_end=258
-  _globals['_LISTJOBSREQUEST']._serialized_start=260
-  _globals['_LISTJOBSREQUEST']._serialized_end=367
-  _globals['_LISTJOBSRESPONSE']._serialized_start=369
-  _globals['_LISTJOBSRESPONSE']._serialized_end=441
-  _globals['_CANCELJOBREQUEST']._serialized_start=443
-  _globals['_CANCELJOBREQUEST']._serialized_end=493
-  _globals['_WATCHJOBREQUEST']._serialized_start=495
-  _globals['_WATCHJOBREQUEST']._serialized_end=568
-  _globals['_STREAMLOGSREQUEST']._serialized_start=570
-  _globals['_STREAMLOGSREQUEST']._serialized_end=680
-  _globals['_MIGRATEJOBREQUEST']._serialized_start=682
-  _globals['_MIGRATEJOBREQUEST']._serialized_end=804
-  _globals['_JOBSERVICE']._serialized_start=807
-  _globals['_JOBSERVICE']._serialized_end=1246
+  _globals['_SUBMITJOBSREQUEST']._serialized_start=227
+  _globals['_SUBMITJOBSREQUEST']._serialized_end=292
+  _globals['_SUBMITJOBRESULT']._serialized_start=294
+  _globals['_SUBMITJOBRESULT']._serialized_end=399
+  _globals['_SUBMITJOBSRESPONSE']._serialized_start=401
+  _globals['_SUBMITJOBSRESPONSE']._serialized_end=465
+  _globals['_GETJOBREQUEST']._serialized_start=467
+  _globals['_GETJOBREQUEST']._serialized_end=498
+  _globals['_LISTJOBSREQUEST']._serialized_start=500
+  _globals['_LISTJOBSREQUEST']._serialized_end=607
+  _globals['_LISTJOBSRESPONSE']._serialized_start=609
+  _globals['_LISTJOBSRESPONSE']._serialized_end=681
+  _globals['_CANCELJOBREQUEST']._serialized_start=683
+  _globals['_CANCELJOBREQUEST']._serialized_end=733
+  _globals['_WATCHJOBREQUEST']._serialized_start=735
+  _globals['_WATCHJOBREQUEST']._serialized_end=808
+  _globals['_STREAMLOGSREQUEST']._serialized_start=810
+  _globals['_STREAMLOGSREQUEST']._serialized_end=920
+  _globals['_MIGRATEJOBREQUEST']._serialized_start=922
+  _globals['_MIGRATEJOBREQUEST']._serialized_end=1044
+  _globals['_JOBSERVICE']._serialized_start=1047
+  _globals['_JOBSERVICE']._serialized_end=1559
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,11 @@ class JobServiceStub:
                 request_serializer=xinhe_dot_v1_dot_jobs__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=xinhe_dot_v1_dot_jobs__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.SubmitJobs = channel.unary_unary(
+                '/xinhe.v1.JobService/SubmitJobs',
+                request_serializer=xinhe_dot_v1_dot_jobs__pb2.SubmitJobsRequest.SerializeToString,
+                response_deserializer=xinhe_dot_v1_dot_jobs__pb2.SubmitJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/xinhe.v1.JobService/GetJob',
                 request_serializer=xinhe_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -80,6 +85,22 @@ class JobServiceServicer:
         key again (same tenant) returns the job created first, with
         `created = false`, whatever the spec. Safe to retry with a key.
         Errors: INVALID_ARGUMENT naming the field; RESOURCE_EXHAUSTED over limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitJobs(self, request, context):
+        """Submits up to 1000 jobs in one call (like Armada's SubmitJobs), each
+        item exactly as SubmitJob would, answered per item in request order.
+        Idempotent per item on its `client_key`: safe to retry the whole call
+        when every item has a key. The valid items of a call are committed in
+        one transaction: all stored, or the call fails UNAVAILABLE with none.
+        Per item: INVALID_ARGUMENT naming the field with the item's index
+        (`requests[3].spec.replicas`), PERMISSION_DENIED for another tenant's
+        queue. Whole call: INVALID_ARGUMENT naming `requests` (none, or more
+        than 1000); RESOURCE_EXHAUSTED when the valid items exceed a tenant's
+        submission rate (each item counts; nothing is stored, retry later).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +169,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=xinhe_dot_v1_dot_jobs__pb2.SubmitJobRequest.FromString,
                     response_serializer=xinhe_dot_v1_dot_jobs__pb2.SubmitJobResponse.SerializeToString,
             ),
+            'SubmitJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJobs,
+                    request_deserializer=xinhe_dot_v1_dot_jobs__pb2.SubmitJobsRequest.FromString,
+                    response_serializer=xinhe_dot_v1_dot_jobs__pb2.SubmitJobsResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=xinhe_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
@@ -206,6 +232,33 @@ class JobService:
             '/xinhe.v1.JobService/SubmitJob',
             xinhe_dot_v1_dot_jobs__pb2.SubmitJobRequest.SerializeToString,
             xinhe_dot_v1_dot_jobs__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinhe.v1.JobService/SubmitJobs',
+            xinhe_dot_v1_dot_jobs__pb2.SubmitJobsRequest.SerializeToString,
+            xinhe_dot_v1_dot_jobs__pb2.SubmitJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,53 @@
+"""Rounds that can change nothing but words: explain only what is new.
+
+When no node is schedulable (every node cordoned, draining or disconnected)
+a round can neither place nor preempt anything: every queued job waits,
+whatever the order of the queue. Explaining the waits of a long queue every
+round is then pure cost (it competes with submissions for the GIL), so such
+a round explains only the jobs that have no reason yet, and the others keep
+the reason they were given, as long as the situation it was computed in
+(the nodes, the running jobs and the policy) is the same. Any change to it,
+or any schedulable node, brings back full rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from controlplane.scheduler.types import ClusterSnapshot, PendingJob, Policy
+
+
+def can_place_nothing(snap: ClusterSnapshot) -> bool:
+    """No placement (and so no preemption, which only makes room for one)
+    is possible on a fleet without a schedulable node."""
+    return not any(view.schedulable for view in snap.nodes)
+
+
+def situation(snap: ClusterSnapshot, policy: Policy) -> tuple:
+    """What a wait reason depends on besides the queue: nodes, running jobs
+    (not their ageing checkpoints) and the policy."""
+    running = tuple(replace(r, seconds_since_checkpoint=0.0) for r in snap.running)
+    return (snap.nodes, running, snap.model_speed, snap.model_power_w, policy)
+
+
+@dataclass
+class WaitMemo:
+    """The situation the kept wait reasons were computed in (None = none)."""
+
+    explained_in: tuple | None = None
+
+    def to_explain(self, snap: ClusterSnapshot, policy: Policy,
+                   pending: Sequence[PendingJob],
+                   reasons: Mapping[str, str]) -> Sequence[PendingJob]:
+        """The jobs this round must hand to the core: all of them, unless
+        nothing can be placed and the situation is unchanged, then only
+        those without a reason yet."""
+        if not can_place_nothing(snap):
+            self.explained_in = None
+            return pending
+        now_in = situation(snap, policy)
+        if now_in != self.explained_in:
+            self.explained_in = now_in
+            return pending
+        return [job for job in pending if job.job_id not in reasons]
