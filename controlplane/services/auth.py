@@ -99,6 +99,9 @@ class Auditor:
                                                    outcome, detail))
 
 
+TOKEN_PREFIX = "xh_"
+
+
 class TokenAdmin:
     """Create, list and revoke tokens (the operator's ``xinhe admin tokens``)."""
 
@@ -111,7 +114,9 @@ class TokenAdmin:
         """A new token and its secret (shown once, never stored). ``node``
         binds an agent token to that node."""
         _check_token_request(kind, tenant, description, node)
-        secret = secrets.token_urlsafe(32)
+        # A fixed prefix: never starts with "-" (argparse would take `--token -x...`
+        # for a missing value) and secret scanners can recognise it.
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         record = TokenRecord(id="t-" + secrets.token_hex(6), kind=kind, tenant=tenant,
                              description=description, created_at=self.clock(), node=node)
         self.store.create_token(record, hash_token(secret))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.api.errors import InvalidArgument, PermissionDenied
-from controlplane.services.auth import Authenticator, Identity, TokenAdmin
+from controlplane.services.auth import TOKEN_PREFIX, Authenticator, Identity, TokenAdmin
 from controlplane.services.replica_owner import ReplicaOwnership
 from controlplane.store.base import ReplicaRecord
 from controlplane.store.sqlite import SqliteStore
@@ -106,3 +106,11 @@ def test_bindings_name_nodes_as_agents_register_them() -> None:
     from controlplane.services import agents, auth
 
     assert auth.NODE_RE.pattern == agents.NAME.pattern
+
+
+def test_secrets_never_look_like_an_option(store: SqliteStore) -> None:
+    """token_urlsafe can start with "-": `xinhe agent --token -abc` would then fail."""
+    admin = TokenAdmin(store, lambda: T0)
+    for _ in range(64):
+        _, secret = admin.create("tenant", "lab-a")
+        assert secret.startswith(TOKEN_PREFIX) and len(secret) > 40
