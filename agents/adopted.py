@@ -34,7 +34,7 @@ from agents.launcher import (
     StateCallback,
 )
 from agents.replica_output import STREAMS, OutputTail, read_exit_status
-from agents.signals import ASK_SIGNALS, ask_group
+from agents.signals import ASK_SIGNALS, GroupStopper, ask_group
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def spec_of(entry: JournalEntry) -> ReplicaSpec:
                        checkpoint_dir=entry.checkpoint_dir)
 
 
-class AdoptedReplica:
+class AdoptedReplica(GroupStopper):
     """The :class:`~agents.launcher.ReplicaHandle` of a journalled replica.
 
     Built stopped: the agent reads :attr:`log_offsets` (where the resent
@@ -118,13 +118,6 @@ class AdoptedReplica:
         if self._on_output is not None:
             self._on_output(self, stream, data)  # type: ignore[arg-type]
 
-    def _timer(self, seconds: float, action: object) -> None:
-        timer = threading.Timer(seconds, action)  # type: ignore[arg-type]
-        timer.daemon = True
-        with self._lock:
-            self._timers.append(timer)
-        timer.start()
-
     def _expire(self) -> None:
         with self._lock:
             if self._gone:
@@ -132,13 +125,6 @@ class AdoptedReplica:
             self._expired = True
         log.warning("adopted replica %s exceeded max runtime", self.spec.label)
         self._terminate(self._runtime_grace)
-
-    def _terminate(self, grace: float) -> None:
-        if grace <= 0:
-            self._signal_group(signal.SIGKILL)
-            return
-        self._signal_group(signal.SIGTERM)
-        self._timer(grace, lambda: self._signal_group(signal.SIGKILL))
 
     def _signal_group(self, sig: signal.Signals) -> None:
         # Only while the journalled process is the one running under that pid:

@@ -35,7 +35,7 @@ from typing import Protocol
 
 from agents.journal import JournalEntry, ReplicaJournal, process_start_time
 from agents.replica_output import CHUNK_BYTES, EXIT_FILE, STREAMS, OutputTail
-from agents.signals import ASK_SIGNALS, ask_group
+from agents.signals import ASK_SIGNALS, GroupStopper, ask_group
 from controlplane.model.catalogue import Catalogue, default_catalogue
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ StateCallback = Callable[["ReplicaProcess", ReplicaPhase, int, str], None]
 OutputCallback = Callable[["ReplicaProcess", str, bytes], None]
 
 
-class ReplicaProcess:
+class ReplicaProcess(GroupStopper):
     """One replica's process: start it, watch it, stop it.
 
     States are reported through ``on_state`` in order: STARTING, RUNNING,
@@ -199,13 +199,6 @@ class ReplicaProcess:
         thread.start()
         return thread
 
-    def _timer(self, seconds: float, action: Callable[[], None]) -> None:
-        timer = threading.Timer(seconds, action)
-        timer.daemon = True
-        with self._lock:
-            self._timers.append(timer)
-        timer.start()
-
     def _spawn(self) -> subprocess.Popen[bytes]:
         """The wrapper running the command, its output going to fresh files."""
         _check_executable(self.spec.command, self.env, self.cwd)
@@ -231,13 +224,6 @@ class ReplicaProcess:
         log.warning("replica %s exceeded max runtime %.1fs", self.spec.label,
                     self.spec.max_runtime or 0)
         self._terminate(self._runtime_grace)
-
-    def _terminate(self, grace: float) -> None:
-        if grace <= 0:
-            self._signal_group(signal.SIGKILL)
-            return
-        self._signal_group(signal.SIGTERM)
-        self._timer(grace, lambda: self._signal_group(signal.SIGKILL))
 
     def _signal_group(self, sig: signal.Signals) -> None:
         # The unreaped leader keeps its pid (= the group id) from being reused,

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -67,3 +69,33 @@ def ask_group(pgid: int, sig: signal.Signals, proc: Path = PROC) -> list[int] | 
 
 # Signals that ask a job for something rather than end it.
 ASK_SIGNALS = frozenset({signal.SIGUSR1, signal.SIGUSR2})
+
+
+class GroupStopper:
+    """SIGTERM now and SIGKILL after a grace, for a replica's process group.
+
+    Shared by the replica handles that own a group (a launched process, an
+    adopted one): the class provides ``_lock`` (a lock), ``_timers`` (a list)
+    and ``_signal_group(sig)``, which decides whether the group may still be
+    signalled.
+    """
+
+    _lock: threading.Lock
+    _timers: list[threading.Timer]
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        raise NotImplementedError
+
+    def _timer(self, seconds: float, action: Callable[[], None]) -> None:
+        timer = threading.Timer(seconds, action)
+        timer.daemon = True
+        with self._lock:
+            self._timers.append(timer)
+        timer.start()
+
+    def _terminate(self, grace: float) -> None:
+        if grace <= 0:
+            self._signal_group(signal.SIGKILL)
+            return
+        self._signal_group(signal.SIGTERM)
+        self._timer(grace, lambda: self._signal_group(signal.SIGKILL))
