@@ -145,6 +145,11 @@ def _bad_bytes() -> InvalidArgument:
     return InvalidArgument("request", "bytes are not a valid message of this RPC's type")
 
 
+# Wrapped handlers an interceptor remembers (more only when handlers are made
+# per call, then the memory is cleared).
+HANDLER_CACHE = 256
+
+
 class MalformedRequests(grpc.ServerInterceptor):
     """Undecodable request bytes become INVALID_ARGUMENT.
 
@@ -153,11 +158,27 @@ class MalformedRequests(grpc.ServerInterceptor):
     deserializer is made tolerant and the handler refuses the stand-in.
     """
 
+    def __init__(self) -> None:
+        # handler id -> (handler, its tolerant copy): built once per method,
+        # not per call (the registered handlers live as long as the server).
+        self._made: dict[int, tuple[Any, Any]] = {}
+
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
+        made = self._made.get(id(handler))
+        if made is not None and made[0] is handler:
+            return made[1]
+        tolerant = self._tolerant(handler)
+        if len(self._made) >= HANDLER_CACHE:  # handlers made per call (a follower's)
+            self._made.clear()
+        self._made[id(handler)] = (handler, tolerant)
+        return tolerant
+
+    @staticmethod
+    def _tolerant(handler: Any) -> Any:
         parse = handler.request_deserializer
 
         def tolerant(data: bytes) -> Any:

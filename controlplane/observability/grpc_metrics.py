@@ -12,6 +12,10 @@ import grpc
 
 from controlplane.observability.instruments import ControlPlaneMetrics
 
+# Wrapped handlers remembered (more only when handlers are made per call,
+# then the memory is cleared).
+HANDLER_CACHE = 256
+
 
 def split_method(full: str) -> tuple[str, str]:
     """``/pkg.Service/Method`` -> (``pkg.Service``, ``Method``)."""
@@ -31,13 +35,27 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: ControlPlaneMetrics) -> None:
         self.metrics = metrics
+        # (method, handler id) -> (handler, instrumented copy): wrapped once
+        # per method, not per call.
+        self._made: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
             return None
-        service, method = split_method(details.method)
+        key = (details.method, id(handler))
+        made = self._made.get(key)
+        if made is not None and made[0] is handler:
+            return made[1]
+        instrumented = self._instrumented(handler, details.method)
+        if len(self._made) >= HANDLER_CACHE:  # handlers made per call (a follower's)
+            self._made.clear()
+        self._made[key] = (handler, instrumented)
+        return instrumented
+
+    def _instrumented(self, handler: Any, full_method: str) -> Any:
+        service, method = split_method(full_method)
         record = self._recorder(service, method)
         if handler.unary_unary:
             return handler._replace(unary_unary=_unary(handler.unary_unary, record))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -85,6 +85,8 @@ class ControlPlaneMetrics:
         self._lock = threading.Lock()
         # When each requeued job re-entered the queue (absent: since creation).
         self._queued_since: dict[str, float] = {}
+        # (service, method, code) -> the gRPC metrics' labelled children.
+        self._rpc_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def __getitem__(self, name: str) -> Counter | Gauge | Histogram:
         return self._m[name]
@@ -155,10 +157,18 @@ class ControlPlaneMetrics:
         self._m["xinhe_scheduler_placements_total"].inc(result.placed)
 
     def rpc_handled(self, service: str, method: str, code: str, seconds: float) -> None:
-        self._m["xinhe_grpc_requests_total"].labels(
-            service=service, method=method, code=code).inc()
-        self._m["xinhe_grpc_request_duration_seconds"].labels(
-            service=service, method=method).observe(seconds)
+        # The labelled children, looked up once per (method, code): the label
+        # values are bounded by the protos and the status codes.
+        key = (service, method, code)
+        children = self._rpc_children.get(key)
+        if children is None:
+            children = self._rpc_children[key] = (
+                self._m["xinhe_grpc_requests_total"].labels(
+                    service=service, method=method, code=code),
+                self._m["xinhe_grpc_request_duration_seconds"].labels(
+                    service=service, method=method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def store_write(self, operation: str, seconds: float) -> None:
         self._m["xinhe_store_write_duration_seconds"].labels(operation=operation).observe(seconds)
