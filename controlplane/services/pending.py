@@ -36,6 +36,10 @@ class PendingQueue:
         self._queued: dict[str, PendingJob] = {}
         self._order: dict[str, int] = {}
         self._next = 0
+        # Queued job id -> the stamp of its last (re)queueing, oldest first:
+        # what was queued after a stamp is found from the end (``since``).
+        self._stamps: dict[str, int] = {}
+        self._stamp = 0
         # Learned speeds; a queued job carries its type's factors.
         self.throughput: ThroughputTable | None = None
         self._types: dict[str, str] = {}  # queued job id -> job type
@@ -78,6 +82,10 @@ class PendingQueue:
                 replay, refreshed, self._replay = self._replay, self._refreshed, None
                 self._queued, self._order = fresh._queued, fresh._order
                 self._next, self._types = fresh._next, fresh._types
+                # Every rebuilt job counts as newly queued (stamps only grow).
+                base = self._stamp
+                self._stamps = {job_id: base + s for job_id, s in fresh._stamps.items()}
+                self._stamp = base + fresh._stamp
                 for job in replay:
                     self._observe(job)
         for kind in refreshed:  # learned speeds that changed during the read
@@ -107,6 +115,7 @@ class PendingQueue:
             self._queued.pop(job.id, None)
             self._order.pop(job.id, None)
             self._types.pop(job.id, None)
+            self._stamps.pop(job.id, None)
             return
         order = self._order.get(job.id)
         if order is None:
@@ -116,15 +125,36 @@ class PendingQueue:
             kind = self._types[job.id] = job_type(job.spec)
             speed = self.throughput.speed(kind) if self.throughput is not None else ()
             self._queued[job.id] = pending_job(job, order, self.catalogue, speed)
+            self._stamps.pop(job.id, None)  # re-inserted last: newest stamp
+            self._stamp += 1
+            self._stamps[job.id] = self._stamp
         else:
             self._queued.pop(job.id, None)
             self._types.pop(job.id, None)
+            self._stamps.pop(job.id, None)
 
     def pending(self) -> list[PendingJob]:
         """The queued jobs, as the scheduler core takes them (its ``order``
         field ranks them by submission)."""
         with self._lock:
             return list(self._queued.values())
+
+    def pending_marked(self) -> tuple[list[PendingJob], int]:
+        """``pending()`` and the stamp it is current to (see ``since``)."""
+        with self._lock:
+            return list(self._queued.values()), self._stamp
+
+    def since(self, mark: int) -> tuple[list[PendingJob], int]:
+        """The jobs (re)queued after stamp ``mark``, oldest first, and the
+        current stamp: costs what was queued since, not the queue's length."""
+        with self._lock:
+            fresh = []
+            for job_id, stamp in reversed(self._stamps.items()):
+                if stamp <= mark:
+                    break
+                fresh.append(self._queued[job_id])
+            fresh.reverse()
+            return fresh, self._stamp
 
     def __len__(self) -> int:
         return len(self._queued)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from controlplane.scheduler.types import ClusterSnapshot, PendingJob, Policy
 
@@ -31,23 +32,55 @@ def situation(snap: ClusterSnapshot, policy: Policy) -> tuple:
     return (snap.nodes, running, snap.model_speed, snap.model_power_w, policy)
 
 
+class QueueSource(Protocol):
+    """The queue as a round reads it: all of it, or what joined since a stamp
+    (``PendingQueue``; ``ListSource`` for a plain list)."""
+
+    def pending_marked(self) -> tuple[list[PendingJob], int]: ...
+
+    def since(self, mark: int) -> tuple[list[PendingJob], int]: ...
+
+
+@dataclass(frozen=True)
+class ListSource:
+    """A queue without stamps: ``since`` is the whole list."""
+
+    jobs: Sequence[PendingJob]
+
+    def pending_marked(self) -> tuple[list[PendingJob], int]:
+        return list(self.jobs), 0
+
+    def since(self, mark: int) -> tuple[list[PendingJob], int]:
+        return list(self.jobs), 0
+
+
 @dataclass
 class WaitMemo:
-    """The situation the kept wait reasons were computed in (None = none)."""
+    """The situation the kept wait reasons were computed in (None = none),
+    and the queue stamp they are current to."""
 
     explained_in: tuple | None = None
+    mark: int = 0
+
+    def forget(self) -> None:
+        """The next round explains every job (e.g. the last one failed)."""
+        self.explained_in = None
 
     def to_explain(self, snap: ClusterSnapshot, policy: Policy,
-                   pending: Sequence[PendingJob],
+                   pending: Sequence[PendingJob] | QueueSource,
                    reasons: Mapping[str, str]) -> Sequence[PendingJob]:
         """The jobs this round must hand to the core: all of them, unless
         nothing can be placed and the situation is unchanged, then only
-        those without a reason yet."""
+        those without a reason yet among the jobs queued since the last
+        round (so a quiet round costs what is new, not the queue's length)."""
+        source = ListSource(pending) if isinstance(pending, Sequence) else pending
         if not can_place_nothing(snap):
             self.explained_in = None
-            return pending
+            return source.pending_marked()[0]
         now_in = situation(snap, policy)
         if now_in != self.explained_in:
             self.explained_in = now_in
-            return pending
-        return [job for job in pending if job.job_id not in reasons]
+            jobs, self.mark = source.pending_marked()
+            return jobs
+        fresh, self.mark = source.since(self.mark)
+        return [job for job in fresh if job.job_id not in reasons]

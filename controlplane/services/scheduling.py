@@ -23,6 +23,7 @@ from controlplane.scheduler.types import (
     PreemptionDecision,
 )
 from controlplane.services.context import Context
+from controlplane.services.quiet_round import ListSource
 from controlplane.services.translate import (
     launch_messages,
     node_views,
@@ -92,19 +93,24 @@ def run_round(ctx: Context, host: SchedulerHost, policy: Policy,
     started = time.perf_counter()
     now = ctx.clock()
     with ctx.lock:
-        pending = queued_jobs(ctx)
-        if not pending:
+        source = ctx.pending if ctx.pending is not None else ListSource(queued_jobs(ctx))
+        queued = len(source) if ctx.pending is not None else len(source.jobs)
+        if not queued:
             return RoundResult(0, 0, time.perf_counter() - started)
         snap = snapshot(ctx, now)
         # Re-explaining a queue that can only wait is skipped (quiet_round).
-        explain = ctx.wait_memo.to_explain(snap, policy, pending, ctx.wait_reasons)
+        explain = ctx.wait_memo.to_explain(snap, policy, source, ctx.wait_reasons)
     if not explain:
-        return RoundResult(len(pending), 0, time.perf_counter() - started)
-    decisions = host.schedule(snap, explain, policy, now)
+        return RoundResult(queued, 0, time.perf_counter() - started)
+    try:
+        decisions = host.schedule(snap, explain, policy, now)
+    except BaseException:
+        ctx.wait_memo.forget()  # the jobs handed over got no reason
+        raise
     placed = apply_decisions(ctx, decisions, now)
     if decisions.preemptions and preempt is not None:
         preempt(decisions.preemptions, now)
-    return RoundResult(len(pending), len(placed), time.perf_counter() - started)
+    return RoundResult(queued, len(placed), time.perf_counter() - started)
 
 
 def apply_decisions(ctx: Context, decisions: Decisions, now: float) -> list[common_pb2.Job]:

@@ -112,3 +112,45 @@ def test_a_cordoned_fleet_explains_new_jobs_only_and_keeps_the_old_reasons(
     assert host.handed[-1] == 4
     for job_id in first[:2]:
         assert controller.jobs.get(job_id).state == J.JOB_STATE_SCHEDULED
+
+
+def queued_job(job_id: str, state: int = J.JOB_STATE_QUEUED) -> common_pb2.Job:
+    spec = J.JobSpec(name=job_id, queue="lab-a/default", command=["true"], replicas=1)
+    spec.resources.accelerators = 1
+    return J.Job(id=job_id, tenant="lab-a", spec=spec, state=state, attempt=1)
+
+
+def test_the_queue_tells_what_joined_since_a_stamp() -> None:
+    from controlplane.services.pending import PendingQueue
+
+    queue = PendingQueue(default_catalogue())
+    queue.observe([queued_job(f"j{i}") for i in range(4)])
+    everything, mark = queue.pending_marked()
+    assert [j.job_id for j in everything] == ["j0", "j1", "j2", "j3"]
+    assert queue.since(mark) == ([], mark)
+    queue.observe([queued_job("j1", J.JOB_STATE_SCHEDULED), queued_job("j4"),
+                   queued_job("j2", J.JOB_STATE_CANCELLED)])
+    fresh, mark2 = queue.since(mark)
+    assert [j.job_id for j in fresh] == ["j4"]
+    queue.observe([queued_job("j1")])  # requeued: new again, keeps its rank
+    fresh, mark3 = queue.since(mark2)
+    assert [(j.job_id, j.order) for j in fresh] == [("j1", 1)]
+    assert [j.job_id for j in queue.since(mark)[0]] == ["j4", "j1"]
+    assert queue.since(mark3)[0] == []
+
+
+def test_a_quiet_round_reads_only_the_new_part_of_the_queue() -> None:
+    """The memo asks the queue for what joined since its last round, and
+    hands over only those without a reason."""
+    from controlplane.services.pending import PendingQueue
+
+    queue = PendingQueue(default_catalogue())
+    queue.observe([queued_job(f"old{i}") for i in range(50)])
+    memo = WaitMemo()
+    assert len(memo.to_explain(CORDONED, Policy(), queue, {})) == 50
+    reasons = {f"old{i}": "waiting" for i in range(50)}
+    queue.observe([queued_job("new")])
+    assert [j.job_id for j in memo.to_explain(CORDONED, Policy(), queue, reasons)] == ["new"]
+    assert memo.to_explain(CORDONED, Policy(), queue, reasons) == []
+    memo.forget()  # e.g. the round failed: everything again
+    assert len(memo.to_explain(CORDONED, Policy(), queue, reasons)) == 51
