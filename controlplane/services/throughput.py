@@ -43,6 +43,11 @@ MEANINGFUL_CHANGE = 0.05
 # At most this many jobs' latest progress is kept (least recently updated
 # dropped first): a safety net behind ``retain_jobs``.
 MAX_TRACKED_JOBS = 50_000
+# At most this many job types keep learned rates (least recently reported
+# forgotten first, in memory and in the store): the type defaults to the job's
+# name, so tenants naming every job differently would otherwise grow the table
+# without bound.
+MAX_JOB_TYPES = 10_000
 
 
 def job_type(spec: common_pb2.JobSpec) -> str:
@@ -74,14 +79,20 @@ class Latest:
 class ThroughputTable:
     """Learned rates and derived per-type speed factors."""
 
-    def __init__(self, catalogue: Catalogue, max_jobs: int = MAX_TRACKED_JOBS) -> None:
+    def __init__(self, catalogue: Catalogue, max_jobs: int = MAX_TRACKED_JOBS,
+                 max_types: int = MAX_JOB_TYPES) -> None:
+        if max_types < 1:
+            raise ValueError(f"max_types must be at least 1, got {max_types}")
         self.catalogue = catalogue
         self.max_jobs = max_jobs
+        self.max_types = max_types
         self._lock = threading.Lock()
         self._rates: dict[tuple[str, str], Rate] = {}
         # The same rates per type, models in first-measured order (a report
-        # recomputes its type's factors without scanning every type).
+        # recomputes its type's factors without scanning every type); the
+        # types least recently reported first (the cap forgets from the front).
         self._by_kind: dict[str, dict[str, Rate]] = {}
+        self._forgotten: set[str] = set()  # types dropped by the cap, not yet deleted
         self._ordinals: dict[tuple[str, str], int] = {}  # first-measured order
         self._next_ordinal = 1
         self._dirty: dict[tuple[str, str], float] = {}  # changed since saved: when
@@ -106,10 +117,11 @@ class ThroughputTable:
         model = chip.model if chip else model
         with self._lock:
             key = (kind, model)
+            models = self._by_kind.pop(kind, None)
+            self._by_kind[kind] = models = {} if models is None else models  # most recent
             rate = self._rates.get(key)
             if rate is None:
-                self._rates[key] = self._by_kind.setdefault(kind, {})[model] = Rate(
-                    steps_per_second)
+                self._rates[key] = models[model] = Rate(steps_per_second)
                 self._ordinals[key] = self._next_ordinal
                 self._next_ordinal += 1
             else:
@@ -119,9 +131,33 @@ class ThroughputTable:
             changed = _meaningful(self._factors.get(kind, ()), new)
             if changed:
                 self._factors[kind] = new
-        if changed and self.on_change is not None:
-            self.on_change(kind)
+            dropped = self._enforce_cap()
+        if self.on_change is not None:
+            for gone in dropped:  # their queued jobs go back to the prior
+                self.on_change(gone)
+            if changed:
+                self.on_change(kind)
         return changed
+
+    def _enforce_cap(self) -> list[str]:
+        """Forget the least recently reported types beyond ``max_types``
+        (lock held); returns them."""
+        dropped = []
+        while len(self._by_kind) > self.max_types:
+            kind = next(iter(self._by_kind))
+            for model in self._by_kind.pop(kind):
+                self._rates.pop((kind, model), None)
+                self._ordinals.pop((kind, model), None)
+                self._dirty.pop((kind, model), None)
+            self._factors.pop(kind, None)
+            self._forgotten.add(kind)
+            dropped.append(kind)
+        return dropped
+
+    def job_types(self) -> int:
+        """How many job types have learned rates."""
+        with self._lock:
+            return len(self._by_kind)
 
     def speed(self, kind: str) -> tuple[tuple[str, float], ...]:
         """The published factors of ``kind`` (sorted by model; empty = none)."""
@@ -157,6 +193,19 @@ class ThroughputTable:
             return len(self._latest)
 
     # -- persistence (see throughput_persist) ---------------------------------
+    def take_forgotten(self) -> list[str]:
+        """The types the cap dropped since the last call (to delete from the
+        store; ``mark_forgotten`` gives them back on a failure)."""
+        with self._lock:
+            gone, self._forgotten = self._forgotten, set()
+            return sorted(gone)
+
+    def mark_forgotten(self, kinds: Sequence[str]) -> None:
+        """Types whose deletion failed: deleted next time, unless learned
+        again meanwhile (their new rates are saved instead)."""
+        with self._lock:
+            self._forgotten.update(k for k in kinds if k not in self._by_kind)
+
     def take_changed(self) -> list[ThroughputRecord]:
         """The rates changed since the last call, as records; they count as
         saved from now on (``mark_changed`` gives them back on a failure)."""
@@ -170,20 +219,31 @@ class ThroughputTable:
         """Records whose save failed: saved again next time (newer changes win)."""
         with self._lock:
             for r in records:
-                self._dirty.setdefault((r.job_type, r.model), r.updated_at)
+                if (r.job_type, r.model) in self._rates:  # not dropped by the cap since
+                    self._dirty.setdefault((r.job_type, r.model), r.updated_at)
 
     def restore(self, records: Sequence[ThroughputRecord]) -> None:
         """Replace the learned rates with stored ones (in ``ordinal`` order)
         and republish every type's factors. ``on_change`` is not called: the
-        caller re-translates the queue after loading."""
+        caller re-translates the queue after loading. Beyond ``max_types``
+        the types reported longest ago are left out (and deleted from the
+        store at the next save)."""
+        last: dict[str, float] = {}
+        for r in records:
+            last[r.job_type] = max(r.updated_at, last.get(r.job_type, r.updated_at))
+        recent = sorted(last, key=lambda kind: (last[kind], kind))  # oldest first
         with self._lock:
             self._rates, self._by_kind, self._ordinals, self._dirty = {}, {}, {}, {}
+            self._forgotten = set(recent[:-self.max_types])
+            self._by_kind = {kind: {} for kind in recent[-self.max_types:]}
             for r in sorted(records, key=lambda r: r.ordinal):
+                if r.job_type in self._forgotten:
+                    continue
                 key = (r.job_type, r.model)
                 rate = self._rates[key] = Rate(r.steps_per_second, r.reports)
-                self._by_kind.setdefault(r.job_type, {})[r.model] = rate
+                self._by_kind[r.job_type][r.model] = rate
                 self._ordinals[key] = r.ordinal
-            self._next_ordinal = max(self._ordinals.values(), default=0) + 1
+            self._next_ordinal = max((r.ordinal for r in records), default=0) + 1
             self._factors = {kind: factors(rates, self.catalogue)
                              for kind, rates in self._by_kind.items()}
 

@@ -56,14 +56,17 @@ class ThroughputPersistence:
         return self.flush()
 
     def flush(self) -> int:
-        """Write the changed rates in one transaction and forget the progress
-        of ended jobs; returns the rates written. On a store failure the
+        """Write the changed rates in one transaction (deleting the types the
+        table's cap dropped) and forget the progress of ended jobs; returns
+        the rates written. On a store failure the
         rates stay marked as changed (retried next time) and it propagates."""
+        forgotten = self.table.take_forgotten()  # before the changes: none lost between
         records = self.table.take_changed()
         try:
-            self.store.save_throughput(records)
+            self.store.save_throughput(records, forgotten)
         except Exception:
             self.table.mark_changed(records)
+            self.table.mark_forgotten(forgotten)
             raise
         self.table.retain_jobs(self.live_jobs())
         return len(records)

@@ -265,8 +265,10 @@ class Store(ABC):
 
     # -- learned throughput -----------------------------------------------------
     @abstractmethod
-    def save_throughput(self, records: Sequence[ThroughputRecord]) -> None:
-        """Insert or replace these (job type, model) rates, in ONE transaction."""
+    def save_throughput(self, records: Sequence[ThroughputRecord],
+                        forget_types: Sequence[str] = ()) -> None:
+        """Delete every rate of the job types ``forget_types``, then insert or
+        replace these (job type, model) rates, in ONE transaction."""
 
     @abstractmethod
     def load_throughput(self) -> list[ThroughputRecord]:

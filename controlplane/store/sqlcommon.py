@@ -275,14 +275,20 @@ class SqlStore(Store):
         return [node_from_row(row) for row in rows]
 
     # -- learned throughput -----------------------------------------------------
-    def save_throughput(self, records: Sequence[ThroughputRecord]) -> None:
+    def save_throughput(self, records: Sequence[ThroughputRecord],
+                        forget_types: Sequence[str] = ()) -> None:
         """See :meth:`Store.save_throughput`; the first ordinal of a row is kept.
         Fenced like job writes: a deposed leader cannot overwrite what the
         new one learned with its older figures."""
-        if not records:
+        if not records and not forget_types:
             return
         with self._tx() as cur:
             self._fence(cur)
+            if forget_types:
+                cur.executemany(self._sql("DELETE FROM throughput WHERE job_type = ?"),
+                                [(kind,) for kind in forget_types])
+            if not records:
+                return
             cur.executemany(self._sql(
                 f"INSERT INTO throughput ({THROUGHPUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (job_type, model) DO UPDATE SET"

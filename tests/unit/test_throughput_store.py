@@ -111,10 +111,10 @@ def test_a_restarted_table_has_the_same_speed_factors(tmp_path: Path) -> None:
 class BrokenStore(SqliteStore):
     fail = True
 
-    def save_throughput(self, records):  # type: ignore[no-untyped-def]
+    def save_throughput(self, records, forget_types=()):  # type: ignore[no-untyped-def]
         if self.fail:
             raise StoreError("database unavailable")
-        super().save_throughput(records)
+        super().save_throughput(records, forget_types)
 
 
 def test_a_failed_write_is_retried(tmp_path: Path) -> None:
@@ -224,3 +224,65 @@ def test_a_deposed_leader_cannot_overwrite_the_rates() -> None:
             assert db.load_throughput() == [record("bert", "H100", 10.0, 1)]
     finally:
         scratch.drop_all()
+
+
+def test_forgotten_types_are_deleted_with_the_save(open_db: OpenDb) -> None:
+    store = open_db()
+    store.save_throughput([record("a", "A100", 1.0, 1), record("a", "H100", 2.0, 2),
+                           record("b", "A100", 3.0, 3)])
+    store.save_throughput([record("c", "A100", 4.0, 4)], forget_types=["a"])
+    assert [(r.job_type, r.model) for r in store.load_throughput()] == [("b", "A100"),
+                                                                        ("c", "A100")]
+    store.save_throughput([], forget_types=["b", "never-stored"])
+    assert [r.job_type for r in store.load_throughput()] == ["c"]
+
+
+def test_learned_types_are_capped_least_recently_reported_first() -> None:
+    changed: list[str] = []
+    table = ThroughputTable(CAT, max_types=2)
+    table.on_change = changed.append
+    table.record("a", "A100", 4.0, T0)
+    table.record("b", "A100", 4.0, T0 + 1)
+    table.record("a", "910B", 2.0, T0 + 2)  # "a" reported again: "b" is now the oldest
+    table.record("c", "A100", 4.0, T0 + 3)
+    assert table.job_types() == 2 and table.speed("b") == () and table.rates("b") == {}
+    assert dict(table.speed("a")) == {"910B": 0.5, "A100": 1.0}
+    assert changed[-2:] == ["b", "c"]  # "b"'s queued jobs go back to the prior
+    assert table.take_forgotten() == ["b"] and table.take_forgotten() == []
+    assert {r.job_type for r in table.take_changed()} == {"a", "c"}
+
+
+def test_the_cap_reaches_the_store_and_survives_a_restart(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "x.db")
+    table, saver = persistence(store, interval_s=0)
+    table.max_types = 3
+    for i in range(5):
+        table.record(f"type-{i}", "A100", 1.0 + i, T0 + i)
+    saver.flush()
+    assert sorted({r.job_type for r in store.load_throughput()}) == ["type-2", "type-3",
+                                                                      "type-4"]
+    # A store holding more (written before the cap was lowered): the most
+    # recently reported types are loaded, the others deleted at the next save.
+    store.save_throughput([record("old", "A100", 1.0, 90, at=T0 - 100)])
+    again, loader = persistence(store, interval_s=0)
+    again.max_types = 3
+    loader.load()
+    assert again.job_types() == 3 and again.rates("old") == {}
+    loader.flush()
+    assert "old" not in {r.job_type for r in store.load_throughput()}
+
+
+def test_a_failed_delete_of_forgotten_types_is_retried(tmp_path: Path) -> None:
+    store = BrokenStore(tmp_path / "x.db")
+    store.fail = False
+    table, saver = persistence(store, interval_s=0)
+    table.record("x", "A100", 1.0, T0)
+    saver.flush()
+    table.max_types = 1
+    table.record("y", "A100", 1.0, T0 + 1)  # "x" forgotten
+    store.fail = True
+    with pytest.raises(StoreError):
+        saver.flush()
+    store.fail = False
+    saver.flush()
+    assert [r.job_type for r in store.load_throughput()] == ["y"]
