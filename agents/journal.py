@@ -3,7 +3,8 @@
 Replicas run in their own sessions, so they outlive an agent killed with
 SIGKILL. The journal lets the next agent on the node find them again: one
 JSON line per launched replica, appended (and flushed to the kernel) right
-after the process is spawned and before the agent reports it RUNNING, and
+after the wrapper is spawned and before it is released to run the command
+(replica_wrapper's launch gate) or reported RUNNING, and
 an ``end`` line once the control plane has acknowledged its final state.
 The file is rewritten without the ended replicas when they outnumber the
 live ones, so it stays as small as the node's live work.

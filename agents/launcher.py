@@ -35,6 +35,7 @@ from typing import Protocol
 
 from agents.journal import JournalEntry, ReplicaJournal, process_start_time
 from agents.replica_output import CHUNK_BYTES, EXIT_FILE, STREAMS, OutputTail
+from agents.replica_wrapper import GO
 from agents.signals import ASK_SIGNALS, GroupStopper, ask_group
 from controlplane.model.catalogue import Catalogue, default_catalogue
 
@@ -152,14 +153,17 @@ class ReplicaProcess(GroupStopper):
         with self._lock:
             self._popen = popen
             stopped_early = self._stop_reason is not None
-        if stopped_early:
+        if stopped_early:  # never released: the wrapper exits without running it
+            _close_gate(popen)
             self._terminate(0)
         log.info("replica %s started, pid %d", self.spec.label, popen.pid)
-        if self._on_spawn is not None:  # journalled before RUNNING is reported
+        if self._on_spawn is not None:  # journalled before the command may run
             try:
                 self._on_spawn(self)
             except Exception:
                 log.exception("journal entry for %s failed", self.spec.label)
+        if not stopped_early:
+            _release(popen)
         self._report(ReplicaPhase.RUNNING, 0, "")
         self._readers = [OutputTail(self.output_dir, stream, self._emit_output, self._exited)
                          for stream in STREAMS]
@@ -210,7 +214,7 @@ class ReplicaProcess(GroupStopper):
             return subprocess.Popen(
                 [sys.executable, "-I", "-S", str(WRAPPER), str(self.output_dir / EXIT_FILE),
                  *self.spec.command], cwd=self.cwd, env=self.env,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+                stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True)
 
     def _emit_output(self, stream: str, data: bytes) -> None:
         if self._on_output is not None:
@@ -339,6 +343,25 @@ def job_env(spec: ReplicaSpec, device_env: Mapping[str, str]) -> dict[str, str]:
     env.update(device_env)
     env.update(_runtime_vars(spec))
     return env
+
+
+def _release(popen: subprocess.Popen[bytes]) -> None:
+    """Let the wrapper start the command (replica_wrapper's launch gate)."""
+    try:
+        assert popen.stdin is not None
+        popen.stdin.write(GO)
+        popen.stdin.close()
+    except (OSError, ValueError):  # the wrapper is gone already: its exit tells
+        _close_gate(popen)
+
+
+def _close_gate(popen: subprocess.Popen[bytes]) -> None:
+    """Close the gate unreleased: the wrapper exits without running the command."""
+    try:
+        if popen.stdin is not None:
+            popen.stdin.close()
+    except OSError:
+        pass
 
 
 class Launcher:

@@ -16,6 +16,14 @@ not be), so it outlives the command and records its end. The wrapper exits
 as the command did (re-raising a fatal signal), so a parent that waits sees
 the command's own status.
 
+Launch gate: the wrapper starts the command only after reading the byte
+``GO`` from its stdin, a pipe from the agent, which writes it once the
+replica is in the restart journal. An agent killed between spawning the
+wrapper and journalling it closes the pipe by dying; the wrapper then reads
+end-of-file and exits without running anything (and without an exit file),
+so no replica ever runs that a restarted agent could not find. The command
+itself gets ``/dev/null`` as stdin.
+
 Standard library only and started with ``-I -S``: the job's environment
 (PYTHONPATH, a broken site-packages) cannot affect it.
 """
@@ -24,6 +32,8 @@ import os
 import signal
 import sys
 
+GO = b"1"  # the agent's release (see the launch gate above)
+NOT_RELEASED = 125  # exit code when the agent went away before the release
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
              signal.SIGQUIT)
 
@@ -35,10 +45,26 @@ def _write_status(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _released() -> bool:
+    """Wait for the agent's release on stdin; then stdin becomes /dev/null."""
+    try:
+        go = os.read(0, 1)
+    except OSError:
+        go = b""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return go == GO
+
+
 def main(argv: list[str]) -> int:
     exit_file, command = argv[0], argv[1:]
     for sig in FORWARDED:
         signal.signal(sig, lambda *_: None)
+    if not _released():
+        sys.stderr.write("xinhe: the agent went away before releasing the replica; "
+                         "not started\n")
+        return NOT_RELEASED
     try:
         pid = os.posix_spawnp(command[0], command, dict(os.environ))
     except OSError as err:
