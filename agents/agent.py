@@ -62,7 +62,7 @@ from agents.launcher import (
 )
 from agents.log_outbox import LogOutbox
 from agents.progress import ProgressWatcher, Report
-from controlplane.api.tls import channel_credentials, make_channel
+from controlplane.api.tls import ReloadingChannelCredentials, make_channel
 from controlplane.client import leader_hint, parse_targets
 from controlplane.model.catalogue import Catalogue, default_catalogue
 from xinhe.v1 import agent_pb2, agent_pb2_grpc, common_pb2
@@ -212,6 +212,7 @@ class Agent:
         self.log_outbox = LogOutbox(config.log_outbox_bytes)
         self.progress = ProgressWatcher(self._send_progress)
         self._channel = channel
+        self._tls: ReloadingChannelCredentials | None = None  # read at first connection
         self._lock = threading.RLock()
         self._acked = threading.Condition(self._lock)
         self._stopping = threading.Event()
@@ -301,14 +302,21 @@ class Agent:
                                 entry.checkpoint_dir)
 
     def _channel_to(self, address: str, channels: dict[str, grpc.Channel]) -> grpc.Channel:
-        """The injected channel (tests), else one cached channel per address."""
+        """The injected channel (tests), else one cached channel per address.
+        Called before every (re)connection: rotated TLS files (a consistent
+        new set) replace the channels, so the next handshake uses them."""
         if self._channel is not None:
             return self._channel
+        if self._tls is None:  # agents/main.py checked the files at start
+            self._tls = ReloadingChannelCredentials(self.config.tls_ca, self.config.tls_cert,
+                                                    self.config.tls_key)
+        elif self._tls.refresh():
+            for channel in channels.values():
+                channel.close()
+            channels.clear()
         if address not in channels:
-            # TLS files are read once per address (agents/main.py checked them at start).
-            tls = channel_credentials(self.config.tls_ca, self.config.tls_cert,
-                                      self.config.tls_key)
-            channels[address] = make_channel(address, tls, self._channel_options())
+            channels[address] = make_channel(address, self._tls.credentials,
+                                             self._channel_options())
         return channels[address]
 
     def _channel_options(self) -> list[tuple[str, int]]:

@@ -12,6 +12,12 @@ looks at the files' modification stamps and, when they changed, serves the
 new certificate, key and CA from then on. A rotation caught half-way (a new
 certificate beside the old key) keeps the previous files in service until
 the set is consistent again. Connections already open keep theirs.
+
+Agents follow rotation of their own files the same way
+(:class:`ReloadingChannelCredentials`): whenever an agent (re)connects it
+checks the stamps and, when they changed to a consistent set, opens its
+channels with the new certificate, key and CA. A stream that stays up keeps
+its connection (TLS checks certificates at the handshake only).
 """
 
 from __future__ import annotations
@@ -100,6 +106,15 @@ def server_credentials(cert_file: str | Path | None, key_file: str | Path | None
 Stamp = tuple[tuple[int, int, int], ...]  # (inode, size, mtime_ns) per file
 
 
+def _stamp(paths: Sequence[str]) -> Stamp | None:
+    """The files' identity and modification stamps; None if one is missing."""
+    try:
+        stats = [os.stat(p) for p in paths]
+    except OSError:
+        return None
+    return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
+
+
 class ReloadingCertificates:
     """The server's certificate files, re-read when they change.
 
@@ -118,11 +133,7 @@ class ReloadingCertificates:
         self.reloads = 0
 
     def _stat(self) -> Stamp | None:
-        try:
-            stats = [os.stat(p) for p in self.paths]
-        except OSError:
-            return None
-        return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
+        return _stamp(self.paths)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         with self._lock:
@@ -163,6 +174,41 @@ def channel_credentials(ca_file: str | Path | None = None,
     key, cert = pair if pair else (None, None)
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                         certificate_chain=cert)
+
+
+class ReloadingChannelCredentials:
+    """A client's TLS files and the credentials read from them, read again
+    by :meth:`refresh` when the files changed. The first read happens here:
+    a bad file raises TLSError at start, as :func:`channel_credentials` does."""
+
+    def __init__(self, ca_file: str | Path | None = None,
+                 cert_file: str | Path | None = None,
+                 key_file: str | Path | None = None) -> None:
+        self.files = (ca_file, cert_file, key_file)
+        self.paths = tuple(str(p) for p in self.files if p)
+        self._stamp = _stamp(self.paths)
+        self.credentials = channel_credentials(*self.files)
+        self.reloads = 0
+
+    def refresh(self) -> bool:
+        """True when the files changed to a consistent new set and
+        ``credentials`` now holds it; a half-rotated or missing set keeps
+        the previous credentials (and is looked at again next time)."""
+        stamp = _stamp(self.paths)
+        if stamp is None or stamp == self._stamp:
+            return False
+        try:
+            credentials = channel_credentials(*self.files)
+        except TLSError as err:
+            log.warning("TLS files changed but cannot be used yet (%s); keeping the "
+                        "previous certificate", err)
+            return False
+        if _stamp(self.paths) != stamp:
+            return False  # changed while being read: next time
+        self._stamp, self.credentials = stamp, credentials
+        self.reloads += 1
+        log.info("TLS files changed: new connections use the new certificate")
+        return True
 
 
 def make_channel(address: str, credentials: grpc.ChannelCredentials | None,
