@@ -97,7 +97,8 @@ class ControlPlane:
         # Only the leader serves the Xinhe services (services/leader.py);
         # its address is known once the port is bound (set below).
         self.elector = make_elector(settings.leader_election, settings.store_dsn, "",
-                                    settings.leader_poll_s)
+                                    settings.leader_poll_s, settings.lease_name,
+                                    settings.lease_namespace)
         self._serving = threading.Event()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers),
                                   options=(*SERVER_OPTIONS, (

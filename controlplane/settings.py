@@ -72,10 +72,16 @@ class ServerSettings:
     advertise_address: str = ""
     # Leader election among replicas on one store: "auto" (a PostgreSQL
     # advisory lock on a PostgreSQL store; SQLite always leads), "postgres",
-    # "none" (a single replica only) or "kubernetes" (a Lease; not yet).
+    # "none" (a single replica only) or "kubernetes" (a coordination.k8s.io
+    # Lease, for replicas in a cluster; PostgreSQL store too).
     leader_election: str = "auto"
-    # Seconds between election polls; a failover takes about one poll.
+    # Seconds between election polls; a failover takes about one poll (a
+    # Lease: about its 8 s duration after a crash, at once after a stop).
     leader_poll_s: float = 1.0
+    # The Lease of "kubernetes" election, and its namespace (empty = the
+    # pod's own, from its service account).
+    lease_name: str = "xinhe-control-plane"
+    lease_namespace: str = ""
     # PEM certificate and private key of the gRPC API; both set = serve TLS
     # (controlplane/api/tls.py); empty = plain text.
     tls_cert_file: str = ""

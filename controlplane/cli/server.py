@@ -56,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--leader-election", dest="leader_election",
                    choices=("auto", "postgres", "none", "kubernetes"),
                    help="auto (default): elect on a PostgreSQL store, lead alone on SQLite")
+    p.add_argument("--lease-name", dest="lease_name",
+                   help="Lease of --leader-election kubernetes (default xinhe-control-plane)")
+    p.add_argument("--lease-namespace", dest="lease_namespace",
+                   help="its namespace (default: the pod's own)")
     p.add_argument("--leader-poll", type=float, dest="leader_poll_s",
                    help="seconds between leader-election polls (default 1; ~failover time)")
     p.add_argument("--tls-cert", dest="tls_cert_file",
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         log_rate_bytes_per_job=args.log_rate_bytes_per_job,
         advertise_address=args.advertise_address, leader_election=args.leader_election,
+        lease_name=args.lease_name, lease_namespace=args.lease_namespace,
         leader_poll_s=args.leader_poll_s, tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file, tls_ca_file=args.tls_ca_file)
     try:

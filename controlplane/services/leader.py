@@ -20,10 +20,9 @@ An :class:`Elector` decides; the server reacts through two callbacks,
   replicas think they lead changes nothing twice. The per-job epoch
   (compare-and-set on every placement) fences agents the same way.
 
-A Kubernetes Lease elector (``coordination.k8s.io``) would implement the same
-interface: ``start`` runs acquire/renew on a thread and calls the callbacks,
-``leader_address`` reads the holder from the Lease. It is not implemented
-yet: ``make_elector`` refuses ``kubernetes`` with a clear error.
+* :class:`~controlplane.services.leader_lease.LeaseElector` — a Kubernetes
+  Lease (``coordination.k8s.io/v1``), for replicas in a cluster; fenced
+  through the same store leader term (:func:`raise_leader_term`).
 
 The leader publishes the address clients and agents should use in the
 ``leader`` table (one row), so a follower can point callers to it.
@@ -201,11 +200,7 @@ class PostgresElector:
 
     @staticmethod
     def _begin_term(conn: psycopg.Connection) -> int:
-        """Raise the store's leader term (held under the lock): from its
-        commit on, writes fenced to an earlier term are refused. Waits for
-        fenced writes in flight (they hold the row FOR SHARE)."""
-        return conn.execute("UPDATE leader_term SET term = term + 1 WHERE id = 1"
-                            " RETURNING term").fetchone()[0]
+        return _begin_term(conn)
 
     def _publish(self, conn: psycopg.Connection) -> None:
         conn.execute("INSERT INTO leader (id, address, since) VALUES (1, %s, %s)"
@@ -225,18 +220,66 @@ class PostgresElector:
                 conn.close()  # ends the backend: releases the lock if held
 
 
-def make_elector(mode: str, store_dsn: str, address: str, poll_s: float = 1.0) -> Elector:
+def _begin_term(conn: psycopg.Connection) -> int:
+    """Raise the store's leader term: from its commit on, writes fenced to an
+    earlier term are refused. Waits for fenced writes in flight (they hold
+    the row FOR SHARE)."""
+    return conn.execute("UPDATE leader_term SET term = term + 1 WHERE id = 1"
+                        " RETURNING term").fetchone()[0]
+
+
+def raise_leader_term(dsn: str, connect_timeout: float = 5.0) -> int:
+    """Raise the PostgreSQL store's leader term on a short connection (an
+    elector that does not hold a PostgreSQL session, e.g. the Lease one)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True, **_CONNECTION,
+                         connect_timeout=max(1, round(connect_timeout))) as conn:
+        return _begin_term(conn)
+
+
+DEFAULT_LEASE_NAME = "xinhe-control-plane"
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def lease_elector(store_dsn: str, address: str, poll_s: float, name: str = DEFAULT_LEASE_NAME,
+                  namespace: str = "") -> Elector:
+    """A LeaseElector with the in-cluster API credentials (else the local
+    kubeconfig), in ``namespace`` or else the pod's own."""
+    import socket
+    import uuid
+    from pathlib import Path
+
+    from kubernetes import client, config
+
+    from controlplane.services.leader_lease import LeaseElector
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    if not namespace and Path(SERVICE_ACCOUNT_NAMESPACE).exists():
+        namespace = Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip()
+    identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    return LeaseElector(client.CoordinationV1Api(), namespace or "default",
+                        name or DEFAULT_LEASE_NAME, identity, address,
+                        lambda: raise_leader_term(store_dsn), retry_s=min(poll_s, 2.0))
+
+
+def make_elector(mode: str, store_dsn: str, address: str, poll_s: float = 1.0,
+                 lease_name: str = DEFAULT_LEASE_NAME, lease_namespace: str = "") -> Elector:
     """The elector for ``mode``: "auto" elects on a PostgreSQL store and
-    always leads on SQLite; "postgres" requires a PostgreSQL store; "none"
-    always leads (one replica only!); "kubernetes" is not implemented yet."""
+    always leads on SQLite; "postgres" requires a PostgreSQL store;
+    "kubernetes" elects on a Lease (PostgreSQL store too: replicas share it);
+    "none" always leads (one replica only!)."""
     if mode not in ELECTION_MODES:
         raise ValueError(f"unknown leader election {mode!r} (one of {', '.join(ELECTION_MODES)})")
-    if mode == "kubernetes":
-        raise ValueError("leader election on a Kubernetes Lease is not implemented yet; "
-                         "use 'postgres' (or 'auto') with a PostgreSQL store")
     postgres = bool(store_dsn) and is_postgres_dsn(store_dsn)
-    if mode == "postgres" and not postgres:
-        raise ValueError("leader election 'postgres' needs a postgresql:// store DSN")
+    if mode in ("postgres", "kubernetes") and not postgres:
+        raise ValueError(f"leader election {mode!r} needs a postgresql:// store DSN "
+                         "(the replicas share the store)")
+    if mode == "kubernetes":
+        return lease_elector(store_dsn, address, poll_s, lease_name, lease_namespace)
     if mode == "none" or not postgres:
         return AlwaysLeader(address)
     return PostgresElector(store_dsn, address, poll_s=poll_s)

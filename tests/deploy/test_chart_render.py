@@ -194,12 +194,36 @@ def test_postgres_ha_elects_a_leader_with_least_privilege() -> None:
     assert env["XINHE_STORE_DSN"] == {"secretKeyRef": {"name": "xinhe-store", "key": "dsn"}}
     assert env["XINHE_AUTH_TOKEN"] == {"secretKeyRef": {"name": "xinhe-token", "key": "token"}}
     assert env["XINHE_RAY_ADDRESS"] == "ray://ray-head.ray.svc:10001"
-    # Leader election is a PostgreSQL advisory lock: no Kubernetes API access.
-    assert env["XINHE_LEADER_ELECTION"] == "postgres"
+    # Leader election on a Lease: a Role for that one Lease, nothing else.
+    assert env["XINHE_LEADER_ELECTION"] == "kubernetes"
+    assert env["XINHE_LEASE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert float(env["XINHE_LEADER_POLL_S"]) > 0
-    assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
-    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    [role], [binding] = of_kind(docs, "Role"), of_kind(docs, "RoleBinding")
+    lease = env["XINHE_LEASE_NAME"]
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": [lease], "verbs": ["get", "update"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}]
+    pod = deployment["spec"]["template"]["spec"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+                                    "namespace": role["metadata"]["namespace"]}]
+    assert pod["automountServiceAccountToken"] is True
     assert not of_kind(docs, "Secret"), "every secret comes from an existing one"
+
+
+def test_postgres_election_needs_no_kubernetes_api_access() -> None:
+    sets = ("controlPlane.replicas=2", "storage.type=postgres",
+            "storage.postgres.existingSecret=xinhe-store")
+    docs = render(sets=sets)
+    env, settings = server_settings(docs)
+    assert settings.leader_election == "postgres" and "XINHE_LEASE_NAME" not in env
+    assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
+    pod = of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    _, lease = server_settings(render(sets=(*sets, "leaderElection.mode=kubernetes",
+                                            "leaderElection.leaseName=cp-lease")))
+    assert (lease.leader_election, lease.lease_name) == ("kubernetes", "cp-lease")
 
 
 def server_settings(docs: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ServerSettings]:

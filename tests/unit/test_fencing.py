@@ -98,3 +98,39 @@ def test_sqlite_has_nothing_to_fence(tmp_path) -> None:
         store.set_leader_term(7)
         submit(store, "j-1")
         assert store.apply([place("j-1")], T0)[0].state == SCHEDULED
+
+
+def test_a_paused_lease_leader_is_fenced_by_the_next_ones_term(replicas) -> None:
+    """Kubernetes Lease election, real PostgreSQL terms: a leader paused past
+    its Lease (it never noticed) cannot write once the next one is elected."""
+    from controlplane.services.leader import raise_leader_term
+    from tests.unit.test_leader_lease import Clock, FakeLeases
+
+    dsn, old, new = replicas
+    api, clock = FakeLeases(), Clock()
+
+    def elector(name: str):
+        from controlplane.services.leader_lease import LeaseElector
+
+        made = LeaseElector(api, "xinhe", "cp", f"{name}_id", f"{name}:1",
+                            lambda: raise_leader_term(dsn), lease_s=8, renew_deadline_s=5,
+                            retry_s=1, monotonic=clock.monotonic, now=clock.now)
+        made._on_elected = made._on_deposed = lambda: None
+        return made
+
+    first, second = elector("a"), elector("b")
+    first.poll()
+    assert first.is_leader()
+    old.set_leader_term(first.term)
+    submit(old, "j-1")
+    [placed] = old.apply([place("j-1", "n1")], T0)
+    second.poll()
+    clock.t += 9  # "a" is paused: no renewals
+    second.poll()
+    assert second.is_leader() and first.is_leader()  # "a" has not noticed yet
+    assert second.term == first.term + 1
+    new.set_leader_term(second.term)
+    with pytest.raises(FencedError, match=f"leader term {first.term} is over"):
+        old.apply([to("j-1", STARTING, expect_epoch=placed.epoch)], T0 + 1)
+    first.poll()  # "a" wakes: the Lease is someone else's
+    assert not first.is_leader()

@@ -46,7 +46,7 @@ def test_make_elector_picks_by_mode_and_store(mode: str, dsn: str, kind: type) -
 
 @pytest.mark.parametrize(("mode", "dsn", "message"), [
     ("raft", PG, "unknown leader election 'raft'"),
-    ("kubernetes", PG, "not implemented yet"),
+    ("kubernetes", "", "needs a postgresql://"),
     ("postgres", "", "needs a postgresql://"),
 ])
 def test_make_elector_refuses_what_it_cannot_do(mode: str, dsn: str, message: str) -> None:

@@ -63,6 +63,16 @@ app.kubernetes.io/component: control-plane
 {{- if gt (int .Values.controlPlane.replicas) 1 }}true{{ end }}
 {{- end }}
 
+{{/* Replicas elect their leader on a Kubernetes Lease. */}}
+{{- define "xinhe.leaseElection" -}}
+{{- if and (include "xinhe.ha" .) (eq (default "postgres" .Values.leaderElection.mode) "kubernetes") }}true{{ end }}
+{{- end }}
+
+{{/* The leader-election Lease's name. */}}
+{{- define "xinhe.leaseName" -}}
+{{- default (printf "%s-leader" (include "xinhe.fullname" .) | trunc 63 | trimSuffix "-") .Values.leaderElection.leaseName }}
+{{- end }}
+
 {{/* Ray mode in effect: kuberay falls back to embedded without the CRD. */}}
 {{- define "xinhe.rayMode" -}}
 {{- if and (eq .Values.ray.mode "kuberay") (not (.Capabilities.APIVersions.Has "ray.io/v1/RayCluster")) }}
