@@ -103,7 +103,59 @@ class AlwaysLeader:
         return self.address if self._leading else ""
 
 
-class PostgresElector:
+class PollingElector:
+    """What electors polling on a thread of their own share: the thread, the
+    callbacks, whether this replica leads and who does. Subclasses implement
+    ``poll`` (one election step) and set ``interval_s``."""
+
+    thread_name = "leader-election"
+
+    def __init__(self, address: str, interval_s: float) -> None:
+        self.address = address
+        self.interval_s = interval_s
+        self.term: int | None = None
+        self._leading = False
+        self._leader = ""  # the leader's address, as a follower last learned it
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_elected: Callback = lambda: None
+        self._on_deposed: Callback = lambda: None
+
+    def start(self, on_elected: Callback, on_deposed: Callback) -> None:
+        self._on_elected, self._on_deposed = on_elected, on_deposed
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def is_leader(self) -> bool:
+        return self._leading
+
+    def leader_address(self) -> str:
+        return self.address if self._leading else self._leader
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self.interval_s)
+
+    def _halt(self) -> None:
+        """End the polling thread (before a stopping leader steps down)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _depose(self, why: str) -> None:
+        if not self._leading:
+            return
+        self._leading = False
+        self._leader = ""  # unknown until the next poll learns it
+        log.warning("no longer leader: %s", why)
+        self._on_deposed()
+
+
+class PostgresElector(PollingElector):
     """Leads while holding a session advisory lock keyed by the database and
     schema (so separate installs on one server do not collide)."""
 
@@ -112,48 +164,24 @@ class PostgresElector:
                  clock: Callable[[], float] = time.time) -> None:
         if poll_s <= 0:
             raise ValueError(f"poll_s must be positive, got {poll_s}")
+        super().__init__(address, poll_s)
         self.dsn = dsn
-        self.address = address
         self.schema = schema
-        self.poll_s = poll_s
         self.connect_timeout = connect_timeout
         self.clock = clock
         self._conn: psycopg.Connection | None = None
         self._key: int | None = None
-        self._leading = False
-        self._leader = ""
-        self.term: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._on_elected: Callback = lambda: None
-        self._on_deposed: Callback = lambda: None
 
-    def start(self, on_elected: Callback, on_deposed: Callback) -> None:
-        self._on_elected, self._on_deposed = on_elected, on_deposed
-        self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
-        self._thread.start()
+    @property
+    def poll_s(self) -> float:
+        return self.interval_s
 
     def stop(self) -> None:
         """Stop campaigning; a leader steps down and releases the lock now,
         so a follower takes over without waiting for a timeout."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._leading:
-            self._depose("stopping")
+        self._halt()
+        self._depose("stopping")
         self._disconnect()
-
-    def is_leader(self) -> bool:
-        return self._leading
-
-    def leader_address(self) -> str:
-        return self.address if self._leading else self._leader
-
-    # -- the loop ----------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.poll()
-            self._stop.wait(self.poll_s)
 
     def poll(self) -> None:
         """One election step: check the lock (or the connection holding it),
@@ -206,12 +234,6 @@ class PostgresElector:
         conn.execute("INSERT INTO leader (id, address, since) VALUES (1, %s, %s)"
                      " ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address,"
                      " since = EXCLUDED.since", (self.address, self.clock()))
-
-    def _depose(self, why: str) -> None:
-        self._leading = False
-        self._leader = ""  # unknown until the next poll reads the table
-        log.warning("no longer leader: %s", why)
-        self._on_deposed()
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None

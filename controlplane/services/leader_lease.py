@@ -29,17 +29,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from controlplane.services.leader import PollingElector
 
 log = logging.getLogger(__name__)
 
 ADDRESS_ANNOTATION = "xinhe.io/leader-address"
 LEASE_S = 8.0  # a crashed leader is replaced within about this (+ one retry)
 RENEW_DEADLINE_S = 5.0
-Callback = Callable[[], None]
 
 
 class LeaseApi(Protocol):
@@ -58,8 +58,10 @@ def _status(exc: Exception) -> int | None:
     return getattr(exc, "status", None) if type(exc).__name__ == "ApiException" else None
 
 
-class LeaseElector:
+class LeaseElector(PollingElector):
     """Leads while holding the Lease ``namespace/name`` (see the module)."""
+
+    thread_name = "leader-lease"
 
     def __init__(self, api: LeaseApi, namespace: str, name: str, identity: str,
                  address: str, begin_term: Callable[[], int | None], *,
@@ -70,48 +72,22 @@ class LeaseElector:
         if not 0 < retry_s < renew_deadline_s < lease_s:
             raise ValueError("need 0 < retry_s < renew_deadline_s < lease_s, got "
                              f"{retry_s}, {renew_deadline_s}, {lease_s}")
+        super().__init__(address, retry_s)
         self.api, self.namespace, self.name = api, namespace, name
-        self.identity, self.address = identity, address
+        self.identity = identity
         self.begin_term = begin_term
         self.lease_s, self.renew_deadline_s, self.retry_s = lease_s, renew_deadline_s, retry_s
         self.monotonic, self.now = monotonic, now
-        self.term: int | None = None
-        self._leading = False
-        self._leader = ""
         self._renewed_at = 0.0  # monotonic time of the last successful renewal
         self._observed: tuple[str, Any] | None = None  # (holder, version) last seen
         self._observed_at = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._on_elected: Callback = lambda: None
-        self._on_deposed: Callback = lambda: None
-
-    # -- Elector -------------------------------------------------------------
-    def start(self, on_elected: Callback, on_deposed: Callback) -> None:
-        self._on_elected, self._on_deposed = on_elected, on_deposed
-        self._thread = threading.Thread(target=self._run, name="leader-lease", daemon=True)
-        self._thread.start()
 
     def stop(self) -> None:
         """Stop campaigning; a leader releases the Lease and steps down."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._halt()
         if self._leading:
             self._release()
             self._depose("stopping")
-
-    def is_leader(self) -> bool:
-        return self._leading
-
-    def leader_address(self) -> str:
-        return self.address if self._leading else self._leader
-
-    # -- the loop --------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.poll()
-            self._stop.wait(self.retry_s)
 
     def poll(self) -> None:
         """One step: renew while leading, else read and maybe take the Lease."""
@@ -222,10 +198,3 @@ class LeaseElector:
             log.warning("leader election: could not release the Lease (%s); it expires "
                         "in %.0fs", exc, self.lease_s)
 
-    def _depose(self, why: str) -> None:
-        if not self._leading:
-            return
-        self._leading = False
-        self._leader = ""
-        log.warning("no longer leader: %s", why)
-        self._on_deposed()
