@@ -35,13 +35,17 @@ class Generation:
 class LiveFiles:
     """The files the server is pointed at, replaced as an operator would."""
 
+    role = "server"
+
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.cert, self.key, self.ca = root / "tls.crt", root / "tls.key", root / "ca.crt"
+        self.cert, self.key, self.ca = (root / f"{self.role}.crt", root / f"{self.role}.key",
+                                        root / "ca.crt")
 
     def install(self, gen: Generation, *, parts: tuple[str, ...] = ("cert", "key", "ca")) -> None:
         """Replace files by atomic rename (what cert-manager's volume does)."""
-        sources = {"cert": gen.server.cert, "key": gen.server.key, "ca": gen.ca.path}
+        issued = getattr(gen, self.role)
+        sources = {"cert": issued.cert, "key": issued.key, "ca": gen.ca.path}
         for part in parts:
             target: Path = getattr(self, part)
             staging = target.with_suffix(".new")
@@ -107,20 +111,10 @@ def test_the_fetcher_reads_files_only_when_they_change(
 
 
 
-class AgentFiles:
+class AgentFiles(LiveFiles):
     """An agent's own CA, client certificate and key, replaced by rename."""
 
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.cert, self.key, self.ca = root / "client.crt", root / "client.key", root / "ca.crt"
-
-    def install(self, gen: Generation, *, parts: tuple[str, ...] = ("cert", "key", "ca")) -> None:
-        sources = {"cert": gen.client.cert, "key": gen.client.key, "ca": gen.ca.path}
-        for part in parts:
-            target: Path = getattr(self, part)
-            staging = target.with_suffix(".new")
-            shutil.copyfile(sources[part], staging)
-            os.replace(staging, target)
+    role = "client"
 
     def agent_args(self) -> tuple[str, ...]:
         return ("--tls-ca", str(self.ca), "--tls-cert", str(self.cert),
