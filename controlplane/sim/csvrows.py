@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import csv
+from collections.abc import Iterable, Mapping, Sequence
 
 from controlplane.sim.errors import SimInputError
+
+ENCODING = "utf-8-sig"  # a byte-order mark (spreadsheet exports) is not part of a name
+
+
+def dict_reader(lines: Iterable[str]) -> csv.DictReader:
+    """Rows keyed by column name; header names compared without surrounding
+    spaces and case (``Pool , MODEL`` reads as ``pool,model``)."""
+    reader = csv.DictReader(lines)
+    if reader.fieldnames:
+        reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
+    return reader
 
 
 def check_header(found: Sequence[str] | None, wanted: Sequence[str], source: str) -> None:

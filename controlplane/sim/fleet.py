@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.model.catalogue import Catalogue, ChipProfile, default_catalogue, normalise
-from controlplane.sim.csvrows import check_header, integer, number, text
+from controlplane.sim.csvrows import ENCODING, check_header, dict_reader, integer, number, text
 from controlplane.sim.errors import SimInputError
 
 FLEET_COLUMNS = ("pool", "region", "model", "nodes", "devices_per_node", "cost_per_device_hour")
@@ -88,12 +88,12 @@ def strict_model(catalogue: Catalogue, name: str) -> ChipProfile:
 
 def read_fleet(path: str | Path, catalogue: Catalogue | None = None) -> Fleet:
     """Parse a fleet CSV; every error names ``path:line``."""
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding=ENCODING, newline="") as fh:
         return parse_fleet(fh, str(path), catalogue)
 
 
 def parse_fleet(lines: Iterable[str], source: str, catalogue: Catalogue | None = None) -> Fleet:
-    reader = csv.DictReader(lines)
+    reader = dict_reader(lines)
     check_header(reader.fieldnames, FLEET_COLUMNS, source)
     pools: list[Pool] = []
     for row in reader:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.model.catalogue import Catalogue, default_catalogue
-from controlplane.sim.csvrows import check_header, integer, number, text
+from controlplane.sim.csvrows import ENCODING, check_header, dict_reader, integer, number, text
 from controlplane.sim.errors import SimInputError
 from controlplane.sim.fleet import strict_model
 
@@ -55,7 +55,7 @@ class TraceJob:
 
 def read_trace(path: str | Path, catalogue: Catalogue | None = None) -> list[TraceJob]:
     """Parse a trace CSV, sorted by submission time (stable for ties)."""
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding=ENCODING, newline="") as fh:
         return parse_trace(fh, str(path), catalogue)
 
 
@@ -63,7 +63,7 @@ def parse_trace(
     lines: Iterable[str], source: str, catalogue: Catalogue | None = None
 ) -> list[TraceJob]:
     cat = catalogue or default_catalogue()
-    reader = csv.DictReader(lines)
+    reader = dict_reader(lines)
     check_header(reader.fieldnames, TRACE_COLUMNS[:-1], source)
     jobs: list[TraceJob] = []
     seen: set[str] = set()

@@ -102,3 +102,20 @@ def test_files_round_trip(tmp_path) -> None:
     write_trace(jobs, tmp_path / "t.csv")
     assert read_fleet(tmp_path / "f.csv") == fleet
     assert read_trace(tmp_path / "t.csv") == jobs
+
+
+def test_spreadsheet_exports_read_like_plain_csv(tmp_path) -> None:
+    """A byte-order mark, CRLF line ends, spaces and capitals around header
+    names, quoted cells: what a spreadsheet or another tool writes."""
+    fleet_file, trace_file = tmp_path / "fleet.csv", tmp_path / "trace.csv"
+    fleet_file.write_bytes(
+        b"\xef\xbb\xbfPool , Region,MODEL,nodes,devices_per_node,cost_per_device_hour\r\n"
+        b"a , east, h100 ,2,8,3.5\r\n\r\nb,west,\"Ascend910B3\",1,8,\r\n")
+    trace_file.write_bytes(
+        b"\xef\xbb\xbfjob_id,submit_time_s,tenant,priority,replicas,devices_per_replica,"
+        b"min_device_memory_gb,families,reference_runtime_s,relative_speed\r\n"
+        b"j1,0,t1,0,1,1,0,\"nvidia; Ascend\",3600,H100=3.0;910B=1.2\r\n")
+    fleet = read_fleet(fleet_file)
+    assert [(p.name, p.model) for p in fleet.pools] == [("a", "H100"), ("b", "910B")]
+    [job] = read_trace(trace_file)
+    assert job.job_id == "j1" and job.reference_runtime_s == 3600
