@@ -17,7 +17,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from controlplane.observability.instruments import ControlPlaneMetrics
-from controlplane.store.base import ConflictError, NotFoundError, Store, Transition
+from controlplane.store.base import (
+    ConflictError,
+    NotFoundError,
+    ReplicaReport,
+    ReportDecision,
+    ReportOutcome,
+    Store,
+    Transition,
+)
 from xinhe.v1 import common_pb2
 
 READS = frozenset({
@@ -74,6 +82,13 @@ class InstrumentedStore(Store):
         jobs = self._call("apply", self.inner.apply, transitions, now)
         self.metrics.jobs_changed(transitions, jobs, now)
         return jobs
+
+    def record_reports(self, reports: Sequence[ReplicaReport], decide: ReportDecision,
+                       now: float) -> list[ReportOutcome]:
+        outcomes = self._call("record_reports", self.inner.record_reports, reports, decide, now)
+        for outcome in outcomes:
+            self.metrics.jobs_changed(outcome.transitions, outcome.changed, now)
+        return outcomes
 
 
 def _forwarder(name: str) -> Callable[..., Any]:

@@ -7,19 +7,21 @@ import logging
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from google.protobuf.duration_pb2 import Duration
 
 from controlplane.api.errors import FailedPrecondition, InvalidArgument
 from controlplane.services.context import Context
 from controlplane.services.fleet import AgentSession
+from controlplane.services.group_commit import GroupCommit
 from controlplane.services.limits import LogBatcher
 from controlplane.services.log_acks import AckingRateLimiter, LogAcks
 from controlplane.services.reconcile import Reconciler
 from controlplane.services.replica_owner import ReplicaOwnership
 from controlplane.services.throughput import job_type
 from controlplane.services.translate import launch_messages
+from controlplane.store.base import ReportOutcome
 from xinhe.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 R = agent_pb2
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 SUPPORTED = {R.PROTOCOL_VERSION_1}
+# A replica report as received: the reporting agent's node and its status.
+Received = tuple[str, agent_pb2.ReplicaStatus]
 MAX_DEVICES = 1024
 
 
@@ -55,11 +59,16 @@ class AgentSessions:
         self.logs = LogBatcher(self.log_acks.write, limiter, ctx.clock,
                                on_flush=ctx.notifier.notify)
         self.owners = ReplicaOwnership(ctx.store.replicas)
+        # Replica reports from every stream share store transactions
+        # (group_commit.py): a report is acknowledged once its batch committed.
+        self.reports: GroupCommit[Received, ReportOutcome] = GroupCommit(
+            self._record_reports, what="replica reports")
 
     def register(self, req: agent_pb2.RegisterRequest) -> agent_pb2.RegisterResponse:
         validate_register(req)
         session = self.ctx.fleet.register(req, self.ctx.clock())
-        stop = [s.ref for s in req.replicas if self.reconciler.on_status(req.node_name, s).stop]
+        verdicts = self.reconciler.on_statuses(req.node_name, list(req.replicas))
+        stop = [s.ref for s, v in zip(req.replicas, verdicts, strict=True) if v.stop]
         interval = Duration()
         interval.FromNanoseconds(int(self.ctx.settings.heartbeat_interval_s * 1e9))
         self.ctx.wake.set()
@@ -157,14 +166,21 @@ class AgentSessions:
         table.record(job_type(job.spec), job.placement.model, progress.steps_per_second, now)
 
     def _on_status(self, session: AgentSession, status: agent_pb2.ReplicaStatus) -> None:
-        # The agent sends a replica's output before its final status: write
-        # buffered logs first, so a job that ended has all its logs stored.
-        self.logs.flush()
-        verdict = self.reconciler.on_status(session.node, status)
+        # Blocks this stream's reader until the report is committed, so a
+        # stream's reports are recorded (and acknowledged) in the order sent.
+        outcome = self.reports.submit((session.node, status))
+        verdict = self.reconciler.settle(status, outcome)
         if verdict.stop:
             session.send(R.ControlMessage(stop=R.StopReplica(
                 ref=status.ref, reason="superseded: not the job's current assignment")))
         session.send(R.ControlMessage(ack=R.Ack(agent_sequence=status.agent_sequence)))
+
+    def _record_reports(self, batch: Sequence[Received]) -> list[ReportOutcome]:
+        """One batch of (node, status) reports, in one store transaction."""
+        # An agent sends a replica's output before its final status: write
+        # buffered logs first, so a job that ended has all its logs stored.
+        self.logs.flush()
+        return self.reconciler.record(batch)
 
     def _on_logs(self, session: AgentSession, chunk: common_pb2.LogChunk, now: float) -> None:
         # Buffered and rate-limited; written in batches (one fsync per batch),

@@ -21,7 +21,13 @@ from controlplane.model.catalogue import Catalogue
 from controlplane.scheduler.types import PendingJob
 from controlplane.services.throughput import ThroughputTable, job_type
 from controlplane.services.translate import pending_job
-from controlplane.store.base import Store, Transition
+from controlplane.store.base import (
+    ReplicaReport,
+    ReportDecision,
+    ReportOutcome,
+    Store,
+    Transition,
+)
 from xinhe.v1 import common_pb2
 
 
@@ -191,6 +197,12 @@ class PendingTrackingStore(Store):
         jobs = self.inner.apply(transitions, now)
         self.queue.observe(jobs)
         return jobs
+
+    def record_reports(self, reports: Sequence[ReplicaReport], decide: ReportDecision,
+                       now: float) -> list[ReportOutcome]:
+        outcomes = self.inner.record_reports(reports, decide, now)
+        self.queue.observe(job for outcome in outcomes for job in outcome.changed)
+        return outcomes
 
 
 def _forwarder(name: str) -> Callable[..., Any]:

@@ -15,7 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from controlplane.model import states
 from controlplane.services.context import Context
-from controlplane.store.base import ReplicaRecord, Transition
+from controlplane.store.base import ReplicaRecord, ReplicaReport, ReportOutcome, Transition
 from xinhe.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,14 @@ def failure_or_retry(job: common_pb2.Job, what: str, exit_code: int = 0) -> Tran
                       updates=common_pb2.Job(exit_code=exit_code, state_reason=what))
 
 
+def decide_report(report: ReplicaReport, job: common_pb2.Job,
+                  rows: Sequence[ReplicaRecord]) -> list[Transition]:
+    """The job change a recorded report calls for (``Store.record_reports``'s
+    ``decide``): only a report of the job's current attempt and epoch moves
+    it. Pure."""
+    return next_transition(job, rows) if _is_current(job, report.ref) else []
+
+
 class Reconciler:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -172,19 +180,50 @@ class Reconciler:
         Only a replica placed on ``node`` (the reporting agent's) counts: a
         report on another node's replica changes nothing and, if live, is
         answered with a stop, like any stale report."""
-        ctx, ref = self.ctx, status.ref
+        [outcome] = self.record([(node, status)])
+        return self.settle(status, outcome)
+
+    def on_statuses(self, node: str, statuses: Sequence[agent_pb2.ReplicaStatus]
+                    ) -> list[Verdict]:
+        """:meth:`on_status` of each (a returning agent's held replicas), in
+        one store transaction; if the store refuses them together, one by
+        one, so a refused report fails as it would alone."""
+        if len(statuses) < 2:
+            return [self.on_status(node, s) for s in statuses]
+        try:
+            outcomes = self.record([(node, s) for s in statuses])
+        except Exception as exc:
+            log.info("%d reports of %s refused together (%s); recording one by one",
+                     len(statuses), node, exc)
+            return [self.on_status(node, s) for s in statuses]
+        return [self.settle(s, o) for s, o in zip(statuses, outcomes, strict=True)]
+
+    def record(self, reports: Sequence[tuple[str, agent_pb2.ReplicaStatus]]
+               ) -> list[ReportOutcome]:
+        """Record (node, status) reports and their jobs' changes in ONE store
+        transaction, in order, all or nothing (group commit; see
+        ``agents.py``). Durable on return; :meth:`settle` each outcome."""
+        ctx = self.ctx
+        batch = [ReplicaReport(s.ref, s.state, s.exit_code, s.message, node=node)
+                 for node, s in reports]
         with ctx.lock:
-            row = ctx.store.update_replica(ref, status.state, status.exit_code, status.message,
-                                           node=node)
-            if status.state in FINAL:
-                ctx.allocations.release(ref.job_id, ref.attempt, node=node, rank=ref.rank)
-            job = ctx.store.get_job(ref.job_id)
-            if row is None or job is None or not _is_current(job, ref):
-                return Verdict(stop=status.state in LIVE)
-            chain = next_transition(job, ctx.store.replicas(job.id, job.attempt))
-            if not chain:
-                return Verdict()
-            updated = ctx.store.apply(chain, ctx.clock())[-1]
+            outcomes = ctx.store.record_reports(batch, decide_report, ctx.clock())
+            for report in batch:
+                if report.state in FINAL:
+                    ctx.allocations.release(report.ref.job_id, report.ref.attempt,
+                                            node=report.node, rank=report.ref.rank)
+        return outcomes
+
+    def settle(self, status: agent_pb2.ReplicaStatus, outcome: ReportOutcome) -> Verdict:
+        """The verdict on a recorded report, and its job change's side
+        effects (outside the lock): a stale report is answered with a stop
+        if its replica is live."""
+        job = outcome.job
+        if outcome.row is None or job is None or not _is_current(job, status.ref):
+            return Verdict(stop=status.state in LIVE)
+        if not outcome.changed:
+            return Verdict()
+        updated = outcome.changed[-1]
         self._after_change(job, updated)
         return Verdict(job=updated)
 

@@ -10,7 +10,7 @@ in beside it with the same contract.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from xinhe.v1 import agent_pb2, common_pb2
@@ -112,6 +112,33 @@ class ReplicaRecord:
     message: str
 
 
+@dataclass(frozen=True)
+class ReplicaReport:
+    """An agent's report on one replica (see :meth:`Store.record_reports`)."""
+
+    ref: agent_pb2.ReplicaRef
+    state: int  # agent_pb2.ReplicaState
+    exit_code: int = 0
+    message: str = ""
+    node: str | None = None  # the reporting agent's node; None = not checked
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What one report did, as seen inside the transaction that recorded it."""
+
+    row: ReplicaRecord | None  # the updated row; None = no replica matched (nothing written)
+    job: common_pb2.Job | None = None  # its job after the row's update, before ``changed``
+    transitions: tuple[Transition, ...] = ()  # what ``decide`` called for
+    changed: tuple[common_pb2.Job, ...] = ()  # the job after each of them
+
+
+# ``decide(report, job, rows)``: the transitions of ``job`` that a recorded
+# report calls for, given the replica rows of the job's current attempt.
+ReportDecision = Callable[[ReplicaReport, common_pb2.Job, Sequence[ReplicaRecord]],
+                          Sequence[Transition]]
+
+
 class Store(ABC):
     # -- jobs ---------------------------------------------------------------
     @abstractmethod
@@ -203,6 +230,22 @@ class Store(ABC):
         with ``node``, when the row is placed on another node (an agent
         reports only on its own node's replicas)."""
 
+    @abstractmethod
+    def record_reports(self, reports: Sequence[ReplicaReport], decide: ReportDecision,
+                       now: float) -> list[ReportOutcome]:
+        """Record replica reports and the job changes they call for, in ONE
+        transaction (group commit: one fsync for the reports of many agents),
+        all or nothing, in order; one outcome per report.
+
+        Per report: :meth:`update_replica` (epoch and node checks); when a
+        row matched and its job exists, ``decide(report, job, rows)`` with
+        the rows of the job's current attempt (earlier reports' updates
+        included) names transitions of that job only (others: ValueError),
+        applied as :meth:`apply` does. ``decide`` runs inside the
+        transaction: it must be quick and do no I/O. Fenced like ``apply``;
+        any error (a guard, the state machine, ``decide`` raising) rolls back
+        the whole batch."""
+
     # -- logs ---------------------------------------------------------------
     @abstractmethod
     def append_logs(self, chunks: Sequence[common_pb2.LogChunk], now: float) -> None:
@@ -278,10 +321,11 @@ class Store(ABC):
     @abstractmethod
     def set_leader_term(self, term: int | None) -> None:
         """Fence this store's job-state writes to leader term ``term`` (None:
-        unfenced). While set, ``apply`` and ``update_replica`` check, inside
-        their transaction, that the store's term is still ``term`` and raise
-        FencedError otherwise, so a leader that lost its election without
-        noticing yet cannot change jobs the new leader now owns."""
+        unfenced). While set, ``apply``, ``update_replica`` and
+        ``record_reports`` check, inside their transaction, that the store's
+        term is still ``term`` and raise FencedError otherwise, so a leader
+        that lost its election without noticing yet cannot change jobs the
+        new leader now owns."""
 
     # -- lifecycle ----------------------------------------------------------
     @abstractmethod

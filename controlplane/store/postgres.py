@@ -43,6 +43,9 @@ from controlplane.store.base import (
     ConflictError,
     FencedError,
     NotFoundError,
+    ReplicaReport,
+    ReportDecision,
+    ReportOutcome,
     StoreError,
     Transition,
 )
@@ -229,6 +232,18 @@ class PostgresStore(TokensAndAudit, SqlStore):
             ids = sorted({t.job_id for t in transitions})
             cur.execute("SELECT id FROM jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
             return [self._apply_one(cur, t, now) for t in transitions]
+
+    def record_reports(self, reports: Sequence[ReplicaReport], decide: ReportDecision,
+                       now: float) -> list[ReportOutcome]:
+        """See :meth:`Store.record_reports`. The reports' jobs are locked (id
+        order, as ``apply`` does) before any replica row is touched."""
+        if not reports:
+            return []
+        with self._tx() as cur:
+            self._fence(cur)
+            ids = sorted({r.ref.job_id for r in reports})
+            cur.execute("SELECT id FROM jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+            return self._record_reports(cur, reports, decide, now)
 
     # -- events ---------------------------------------------------------------
     def add_event(self, job_id: str, kind: str, message: str,

@@ -20,6 +20,9 @@ from controlplane.model import states as job_states
 from controlplane.store.base import (
     NotFoundError,
     ReplicaRecord,
+    ReplicaReport,
+    ReportDecision,
+    ReportOutcome,
     Store,
     ThroughputRecord,
     Transition,
@@ -213,6 +216,12 @@ class SqlStore(Store):
         return [ReplicaRecord(*row) for row in self._rows(sql + " ORDER BY attempt, rank",
                                                           params)]
 
+    def _attempt_rows(self, cur: Any, job_id: str, attempt: int) -> list[ReplicaRecord]:
+        """:meth:`replicas` of one attempt, read in the caller's transaction."""
+        rows = self._run(cur, f"SELECT {REPLICA_COLUMNS} FROM replicas WHERE job_id = ?"
+                         " AND attempt = ? ORDER BY rank", (job_id, attempt)).fetchall()
+        return [ReplicaRecord(*row) for row in rows]
+
     def replicas_on_node(self, node: str, active_only: bool = True) -> list[ReplicaRecord]:
         """See :meth:`Store.replicas_on_node`; ordered by job submission,
         attempt, rank."""
@@ -227,16 +236,44 @@ class SqlStore(Store):
 
     def update_replica(self, ref: agent_pb2.ReplicaRef, state: int, exit_code: int,
                        message: str, node: str | None = None) -> ReplicaRecord | None:
-        sql = ("UPDATE replicas SET state = ?, exit_code = ?, message = ? WHERE job_id = ?"
-               " AND attempt = ? AND rank = ? AND epoch = ?")
-        params: list = [state, exit_code, message, ref.job_id, ref.attempt, ref.rank, ref.epoch]
-        if node is not None:
-            sql += " AND node = ?"
-            params.append(node)
         with self._tx() as cur:
             self._fence(cur)
-            row = self._run(cur, f"{sql} RETURNING {REPLICA_COLUMNS}", params).fetchone()
+            return self._update_replica(cur, ReplicaReport(ref, state, exit_code, message, node))
+
+    def _update_replica(self, cur: Any, report: ReplicaReport) -> ReplicaRecord | None:
+        """:meth:`update_replica` in the caller's transaction (unfenced)."""
+        ref = report.ref
+        sql = ("UPDATE replicas SET state = ?, exit_code = ?, message = ? WHERE job_id = ?"
+               " AND attempt = ? AND rank = ? AND epoch = ?")
+        params: list = [report.state, report.exit_code, report.message, ref.job_id, ref.attempt,
+                        ref.rank, ref.epoch]
+        if report.node is not None:
+            sql += " AND node = ?"
+            params.append(report.node)
+        row = self._run(cur, f"{sql} RETURNING {REPLICA_COLUMNS}", params).fetchone()
         return ReplicaRecord(*row) if row else None
+
+    def _record_reports(self, cur: Any, reports: Sequence[ReplicaReport],
+                        decide: ReportDecision, now: float) -> list[ReportOutcome]:
+        """:meth:`Store.record_reports` in the caller's transaction (fenced,
+        and on PostgreSQL the reports' jobs locked, by the caller)."""
+        return [self._record_report(cur, report, decide, now) for report in reports]
+
+    def _record_report(self, cur: Any, report: ReplicaReport, decide: ReportDecision,
+                       now: float) -> ReportOutcome:
+        row = self._update_replica(cur, report)
+        if row is None:
+            return ReportOutcome(row=None)
+        data = self._run(cur, "SELECT data FROM jobs WHERE id = ?", (row.job_id,)).fetchone()
+        if data is None:
+            return ReportOutcome(row=row)
+        job = common_pb2.Job.FromString(data[0])
+        transitions = tuple(decide(report, job, self._attempt_rows(cur, job.id, job.attempt)))
+        stray = [t.job_id for t in transitions if t.job_id != job.id]
+        if stray:
+            raise ValueError(f"a report on {job.id} may change only that job, not {stray}")
+        changed = tuple(self._apply_one(cur, t, now) for t in transitions)
+        return ReportOutcome(row=row, job=job, transitions=transitions, changed=changed)
 
     # -- logs -----------------------------------------------------------------
     def logs(self, job_id: str, after_seq: int = 0, rank: int | None = None,

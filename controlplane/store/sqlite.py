@@ -24,6 +24,9 @@ from controlplane.store.base import (
     AuditRecord,
     ConflictError,
     NotFoundError,
+    ReplicaReport,
+    ReportDecision,
+    ReportOutcome,
     StoreError,
     TokenRecord,
     Transition,
@@ -168,6 +171,14 @@ class SqliteStore(SqlStore):
         increment_attempt, state and its timestamp, event, replica rows."""
         with self._tx() as conn:
             return [self._apply_one(conn, t, now) for t in transitions]
+
+    def record_reports(self, reports: Sequence[ReplicaReport], decide: ReportDecision,
+                       now: float) -> list[ReportOutcome]:
+        """See :meth:`Store.record_reports`."""
+        if not reports:
+            return []
+        with self._tx() as conn:
+            return self._record_reports(conn, reports, decide, now)
 
     # -- events ---------------------------------------------------------------
     def add_event(self, job_id: str, kind: str, message: str,
