@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from controlplane.scheduler.core_ledger import UNBOUNDED, GroupLedger
 from controlplane.scheduler.types import NodeView, PendingJob
@@ -27,12 +28,12 @@ class Group:
     """One (pool, model) candidate group: static facts plus this round's ledger."""
 
     __slots__ = (
+        "_sizes",
         "_static_slots",
         "device_memory_bytes",
         "family",
         "key",
         "ledger",
-        "max_node",
         "max_node_devices",
         "model",
         "pool",
@@ -49,12 +50,24 @@ class Group:
         self.family, self.model = first.family, first.model
         self.device_memory_bytes = first.device_memory_bytes
         self.key = (self.pool, self.model, self.family, self.device_memory_bytes)
-        largest = max(views, key=lambda v: (v.total_devices, _desc(v.name)))
-        self.max_node, self.max_node_devices = largest.name, largest.total_devices
-        self.total_devices = sum(v.total_devices for v in views)
-        self.unschedulable_devices = sum(v.total_devices for v in views if not v.schedulable)
+        # Nodes per device count: static slots per replica size come from
+        # a handful of sizes, not a pass over every node.
+        self._sizes: dict[int, int] = {}
+        unschedulable = 0
+        for v in views:
+            self._sizes[v.total_devices] = self._sizes.get(v.total_devices, 0) + 1
+            if not v.schedulable:
+                unschedulable += v.total_devices
+        self.max_node_devices = max(self._sizes)
+        self.total_devices = sum(size * n for size, n in self._sizes.items())
+        self.unschedulable_devices = unschedulable
         self.ledger = GroupLedger(views)
         self._static_slots: dict[int, int] = {}
+
+    @property
+    def max_node(self) -> str:
+        """The largest node's name (the lexically smallest among equals)."""
+        return max(self.views, key=lambda v: (v.total_devices, _desc(v.name))).name
 
     def static_slots(self, devices_per_replica: int) -> int:
         """Replicas the whole group could hold if every node were empty."""
@@ -62,7 +75,7 @@ class Group:
         if d == 0:
             return UNBOUNDED
         if d not in self._static_slots:
-            self._static_slots[d] = sum(v.total_devices // d for v in self.views)
+            self._static_slots[d] = sum(n * (size // d) for size, n in self._sizes.items())
         return self._static_slots[d]
 
 
@@ -74,7 +87,7 @@ def _desc(name: str) -> tuple[int, ...]:
 def build_groups(nodes: Sequence[NodeView]) -> tuple[Group, ...]:
     """Group nodes by (pool, model, family, device memory), in key order."""
     by_key: dict[tuple[str, str, str, int], list[NodeView]] = {}
-    for view in sorted(nodes, key=lambda v: v.name):
+    for view in sorted(nodes, key=attrgetter("name")):
         key = (view.pool, view.model, view.family, view.device_memory_bytes)
         by_key.setdefault(key, []).append(view)
     return tuple(Group(by_key[key]) for key in sorted(by_key))

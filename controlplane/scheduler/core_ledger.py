@@ -22,6 +22,8 @@ from controlplane.scheduler.types import NodeView, PendingJob
 # Cap on replica slots where nothing limits them (CPU-only job, untracked host).
 UNBOUNDED = 1 << 30
 
+# A replica asking for no host CPU or memory.
+NO_HOST = (0, 0)
 # One replica's share of a placement: (node name, device indices).
 ReplicaSlot = tuple[str, tuple[int, ...]]
 
@@ -110,6 +112,8 @@ class GroupLedger:
         # Per host request (CPU, memory): bucket heaps without the nodes that
         # can no longer host one such replica. Made on first need.
         self.host_heaps: dict[tuple[int, int], list[list[int]]] = {}
+        # slot_bound per devices-per-replica, until a node changes bucket.
+        self.bounds: dict[int, int] = {}
         self.free_devices = 0
         for pos, node in enumerate(self.nodes):
             self.heaps[node.bucket].append(pos)  # ascending: already a heap
@@ -131,7 +135,12 @@ class GroupLedger:
             return UNBOUNDED if self.nodes else 0
         if d == 1:
             return self.free_devices
-        return sum(self.counts[k] * (k // d) for k in range(d, self.max_bucket + 1))
+        bound = self.bounds.get(d)
+        if bound is None:
+            counts = self.counts
+            bound = self.bounds[d] = sum(
+                counts[k] * (k // d) for k in range(d, self.max_bucket + 1))
+        return bound
 
     def place_gang(self, job: PendingJob) -> list[ReplicaSlot] | None:
         """Place all ``job.replicas`` replicas, or none (returns None)."""
@@ -154,8 +163,10 @@ class GroupLedger:
 
     def _best_holder(self, job: PendingJob, need: int) -> NodeState | None:
         """Fewest-free node that holds ``need`` replicas (best fit)."""
-        d = job.devices_per_replica
+        d, counts = job.devices_per_replica, self.counts
         for k in range(need * d, self.max_bucket + 1):
+            if not counts[k]:  # no node has exactly k free: nothing to find there
+                continue
             node = self._first(k, job, need)
             if node is not None:
                 return node
@@ -163,7 +174,10 @@ class GroupLedger:
 
     def _roomiest(self, job: PendingJob) -> NodeState | None:
         """Most-free node that holds at least one replica."""
+        counts = self.counts
         for k in range(self.max_bucket, job.devices_per_replica - 1, -1):
+            if not counts[k]:
+                continue
             node = self._first(k, job, 1)
             if node is not None:
                 return node
@@ -172,7 +186,8 @@ class GroupLedger:
     def _first(self, k: int, job: PendingJob, need: int) -> NodeState | None:
         """Lowest-positioned node in bucket ``k`` holding ``need`` replicas."""
         host = host_request(job)
-        filtered = self.host_heaps.get(host) if host else None
+        # No host request: the plain heaps (such a job never filters them).
+        filtered = self.host_heaps.get(host) if host != NO_HOST else None
         heap = self.heaps[k] if filtered is None else filtered[k]
         top = self._clean_top(heap, k, job if filtered is not None else None)
         if top is None or top.slots(job, need) >= need:
@@ -219,6 +234,7 @@ class GroupLedger:
             self.counts[new] += 1
             self.free_devices += new - node.bucket
             node.bucket = new
+            self.bounds.clear()
             heapq.heappush(self.heaps[new], node.pos)
         if moved or host_grew:
             for heaps in self.host_heaps.values():

@@ -49,6 +49,7 @@ LATENCY_CLASSES = (INTERACTIVE, BATCH)  # "" = batch
 # Sort key of a group for one job, given the job's speed there (best first).
 RankOrder = Callable[[Group, float], tuple[float, float]]
 Choice = tuple[Candidate, Group]
+_UNSEEN = object()  # a group whose figures are not looked up yet
 
 
 def score(objective: str, cand: Candidate) -> tuple[float, float]:
@@ -123,8 +124,8 @@ class Objectives:
         builds the plain candidate.)"""
         transfer = self.penalty_s(job, group.region) if job.data_region else 0.0
         held = runtime + transfer
-        figures = self.figures.get(group, ())
-        if figures == ():
+        figures = self.figures.get(group, _UNSEEN)
+        if figures is _UNSEEN:
             figures = self._figures(group)
         if figures is None and not transfer:
             return Candidate(group.pool, group.model, start, held, start + held, fits_now)
@@ -162,13 +163,17 @@ class Objectives:
         return (by,)
 
     def wait_target(self, objective: str, passed: Sequence[Choice],
-                    here: Candidate | None, now: float) -> Choice | None:
+                    here: Candidate | None, now: float,
+                    soonest: Choice | None = None) -> Choice | None:
         """The busy pool to wait for instead of starting on ``here`` now
         (None: start now); with ``here`` None nothing fits now and the
-        answer is the pool to reserve (see module doc)."""
+        answer is the pool to reserve (see module doc). ``soonest``: the
+        first of ``passed`` with the earliest finish, when the caller
+        tracked it."""
         if not passed:
             return None
-        soonest = min(passed, key=lambda c: c[0].finish_s)
+        if soonest is None:
+            soonest = min(passed, key=lambda c: c[0].finish_s)
         if objective not in (COST, ENERGY):
             if here is None or here.finish_s - now > self.margin * (soonest[0].finish_s - now):
                 return soonest

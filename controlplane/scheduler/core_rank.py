@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from controlplane.scheduler.core_estimate import job_speed
-from controlplane.scheduler.core_fleet import CPU_FAMILY, Group, ShapeKey
+from controlplane.scheduler.core_fleet import CPU_FAMILY, Group, ShapeKey, StaticVerdict
 from controlplane.scheduler.types import PendingJob
 
 # What a job's ranking depends on: shape, host CPU and memory, own speed
@@ -49,6 +49,22 @@ class ShapeRank:
         """Forget groups that can neither take nor reserve for this shape again."""
         gone = set(dead)
         self.entries = [e for e in self.entries if e[1] not in gone]
+
+
+class JobKind:
+    """What one round decided once for all jobs of one kind (same shape, host
+    request, speed factors, objective and region fields): the objective,
+    the static verdict (``vkey`` its cache key) and, unless the ranking
+    depends on each job's runtime (``by_runtime``: a transfer penalty may
+    apply), the shared ranking once a job of the kind got that far."""
+
+    __slots__ = ("by_runtime", "objective", "rank", "verdict", "vkey")
+
+    def __init__(self, objective: str, vkey: object, verdict: StaticVerdict,
+                 by_runtime: bool) -> None:
+        self.objective, self.vkey, self.verdict = objective, vkey, verdict
+        self.by_runtime = by_runtime
+        self.rank: ShapeRank | None = None
 
 
 class Reservation:
