@@ -15,9 +15,9 @@ never waits for a busy group, it takes a free (slower) chip. A job whose estimat
 behind the reservations already queued on a faster group does not beat a
 free slower chip by the margin takes the slower chip: that is what keeps
 slow families busy while the fast ones have a queue. With
-``Policy.start_then_migrate`` (migration on, ``core_migrate``) a job also
-starts on the slower chip when starting there and moving once the faster
-group frees finishes no later than waiting.
+``Policy.start_then_migrate`` (migration on, ``core_migrate``) a
+migratable job also starts on the slower chip when it can expect to move up
+once the faster group frees (``core_migrate.start_then_move``).
 
 Placements are taken from a per-round ledger, so no device is handed out
 twice. Pure: no I/O, no clock, no globals, no randomness; ties are broken by
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from operator import attrgetter
 
 from controlplane.scheduler.core_estimate import (
     NO_RELEASES,
@@ -56,6 +57,7 @@ from controlplane.scheduler.core_fleet import (
     static_verdict,
 )
 from controlplane.scheduler.core_ledger import ReplicaSlot
+from controlplane.scheduler.core_migrate import start_then_move
 from controlplane.scheduler.core_objective import FASTEST, Choice, Objectives, restricted
 from controlplane.scheduler.core_preempt import (
     Preemptor,
@@ -64,7 +66,7 @@ from controlplane.scheduler.core_preempt import (
     preemption_reason,
 )
 from controlplane.scheduler.core_quota import Admit, QuotaBook
-from controlplane.scheduler.core_rank import Holds, RankKey, Reservation, ShapeRank
+from controlplane.scheduler.core_rank import Holds, JobKind, RankKey, Reservation, ShapeRank
 from controlplane.scheduler.core_reasons import capacity_reason
 from controlplane.scheduler.core_share import fair_share_order
 from controlplane.scheduler.types import (
@@ -84,8 +86,15 @@ Decision = PlacementDecision | WaitDecision
 
 
 def order_queue(pending: Sequence[PendingJob]) -> list[PendingJob]:
-    """Priority descending, then submission ``order``; ``job_id`` breaks exact ties."""
-    return sorted(pending, key=lambda j: (-j.priority, j.order, j.job_id))
+    """Priority descending, then submission ``order``; ``job_id`` breaks exact ties.
+
+    Stable sorts, least significant key first, with C-level keys (a
+    descending sort keeps equal keys in order): the same order as one sort
+    by ``(-priority, order, job_id)`` without a Python call or a tuple per
+    job; each pass over an already ordered queue is linear."""
+    by_id = sorted(pending, key=attrgetter("job_id"))
+    by_order = sorted(by_id, key=attrgetter("order"))
+    return sorted(by_order, key=attrgetter("priority"), reverse=True)
 
 
 def schedule(
@@ -139,15 +148,16 @@ class RoundState:
         self.releases = release_schedules(snapshot.running, now, policy)
         self.verdicts: dict[ShapeKey, StaticVerdict] = {}
         self.ranks: dict[RankKey, ShapeRank] = {}
+        self.kinds: dict[tuple[object, ...], JobKind] = {}
         self.reserved: dict[Group, Holds] = {}
         self.reservations = 0
         self.placed = 0
         # Capacity reasons repeat across the jobs of one shape and only change
         # when something is placed: (placements so far, text) per shape.
         self.reasons: dict[ShapeRank, tuple[int, str]] = {}
-        # Start estimates per (group, devices needed): valid while the group's
-        # free devices and reservations are unchanged.
-        self.starts: dict[tuple[Group, int], tuple[int, int, float]] = {}
+        # Start estimates per group and devices needed: valid while the
+        # group's free devices and reservations are unchanged.
+        self.starts: dict[Group, dict[int, tuple[int, int, float]]] = {}
         self.quotas = QuotaBook(policy.quotas, snapshot)
         self.objectives = Objectives(policy, snapshot)
         self.objective = FASTEST  # the current job's
@@ -177,27 +187,54 @@ class RoundState:
 
     def decide(self, job: PendingJob) -> Decision:
         """One job's decision; places it in the ledger when it is placed."""
-        skey, verdict = self._verdict(job)
+        kind = self._kind(job)
+        self.objective = objective = kind.objective
+        verdict = kind.verdict
         if verdict.never_reason:
             return WaitDecision(job.job_id, verdict.never_reason, never_fits=True)
         refusal = self.admission_refusal(job)
         if refusal:
             return WaitDecision(job.job_id, refusal)
-        self.admits, quota_refusal = self.quotas.admits(job, verdict.groups)
-        if quota_refusal:
-            return WaitDecision(job.job_id, quota_refusal)
-        objective = self.objective  # set by _verdict
-        reference = job.reference_runtime_s or self.policy.default_runtime_s
-        key = (skey, job.cpu_millis, job.memory_bytes, job.speed,
-               self.objectives.rank_extra(job, objective, reference))
-        rank = self.ranks.get(key)
+        if self.quotas.active:
+            self.admits, quota_refusal = self.quotas.admits(job, verdict.groups)
+            if quota_refusal:
+                return WaitDecision(job.job_id, quota_refusal)
+        rank = kind.rank
         if rank is None:
-            order = self.objectives.rank_order(job, objective, reference)
-            rank = self.ranks[key] = ShapeRank(verdict.groups, job, self.speeds, order)
+            reference = job.reference_runtime_s or self.policy.default_runtime_s
+            key = (kind.vkey, job.cpu_millis, job.memory_bytes, job.speed,
+                   self.objectives.rank_extra(job, objective, reference))
+            rank = self.ranks.get(key)
+            if rank is None:
+                order = self.objectives.rank_order(job, objective, reference)
+                rank = self.ranks[key] = ShapeRank(verdict.groups, job, self.speeds, order)
+            if not kind.by_runtime:
+                kind.rank = rank  # every job of the kind shares it from now on
+        if not rank.entries:  # every group of the shape is full and held
+            return self._nowhere(job, None, rank, verdict.groups)
         decision = self._walk(job, rank, verdict.groups)
         if isinstance(decision, PlacementDecision):
             self.placed += 1
         return decision
+
+    def _kind(self, job: PendingJob) -> JobKind:
+        """The objective, verdict and ranking ``job`` shares with every job
+        whose fields below are equal: one tuple lookup instead of rebuilding
+        the shape, verdict and ranking keys per job. Contract: the key holds
+        every job field that ``_verdict``, ``Objectives.of``/``restriction``/
+        ``penalised`` and ``ShapeRank`` read (the runtime only matters when
+        ``JobKind.by_runtime``; it is then in the ranking key)."""
+        queue = job.queue if self.objectives.by_queue else ""
+        key = (job.families, job.models, job.devices_per_replica, job.replicas,
+               job.min_device_memory_bytes, job.pools, job.cpu_millis, job.memory_bytes,
+               job.speed, job.objective, queue, job.first_family, job.data_region,
+               job.latency_class)
+        kind = self.kinds.get(key)
+        if kind is None:
+            vkey, verdict = self._verdict(job)
+            kind = self.kinds[key] = JobKind(
+                self.objective, vkey, verdict, self.objectives.penalised(job))
+        return kind
 
     def admission_refusal(self, job: PendingJob) -> str:
         """Why ``job`` may not be placed this round ("" = it may).
@@ -216,25 +253,26 @@ class RoundState:
         (then wait and reserve). Past the round's reservation budget a
         full group is dropped from the shape's ranking for the round."""
         reference = job.reference_runtime_s or self.policy.default_runtime_s
-        need, now = job.replicas * job.devices_per_replica, self.now
+        dpr, replicas, now = job.devices_per_replica, job.replicas, self.now
+        need = replicas * dpr
         passed: list[Choice] = []  # better-ranked busy groups, estimated
+        soonest: Choice | None = None  # the first of them finishing earliest
         dead: list[Group] = []
         can_reserve = self.reservations < self.policy.max_reservations_per_round
         hold_nothing = not self.policy.max_reservations_per_round
-        admits = self.admits
+        admits, reserved, candidate = self.admits, self.reserved, self.objectives.candidate
         for pos, (speed, group) in enumerate(rank.entries):
             if admits is not None and admits[group] is Admit.REFUSE:
                 continue
             runtime = reference / speed
-            held = self.reserved.get(group)
+            held = reserved.get(group)
             ledger = group.ledger
-            roomy = ledger.free_devices >= need and (
-                ledger.slot_bound(job.devices_per_replica) >= job.replicas)
-            here = self.objectives.candidate(group, job, now, runtime, True) if roomy else None
+            roomy = ledger.free_devices >= need and ledger.slot_bound(dpr) >= replicas
+            here = candidate(group, job, now, runtime, True) if roomy else None
             if here is not None and (held is None or held.admits(here.finish_s, need)):
                 target = self.objectives.wait_target(
-                    self.objective, passed, here, now) if passed else None
-                if target is not None and not self._moving_later_wins(here, target[0]):
+                    self.objective, passed, here, now, soonest) if passed else None
+                if target is not None and not self._moving_later_wins(job, here, target[0]):
                     return self._wait_for_faster(job, target, here)
                 slots = group.ledger.place_gang(job)
                 if slots is not None:
@@ -251,25 +289,21 @@ class RoundState:
                 if not roomy:  # neither takes nor is waited for again this round
                     dead.append(group)
                 continue
-            passed.append((self._busy(group, job, runtime), group))  # the job may wait for it
+            busy = (self._busy(group, job, runtime), group)  # the job may wait for it
+            passed.append(busy)
+            if soonest is None or busy[0].finish_s < soonest[0].finish_s:
+                soonest = busy
         if dead:
             rank.drop(dead)
-        best = self.objectives.wait_target(self.objective, passed, None, now)
+        best = self.objectives.wait_target(self.objective, passed, None, now, soonest)
         return self._nowhere(job, best, rank, groups)
 
-    def _moving_later_wins(self, here: Candidate, busy: Candidate) -> bool:
-        """Does starting on ``here`` now and moving to ``busy`` once it frees
-        finish no later than waiting for it (``Policy.start_then_migrate``)?
-        The work done here until then is not redone there, except
-        ``Policy.migration_lost_work_s`` of it (since the last checkpoint)."""
-        if not self.policy.start_then_migrate or self.objective != FASTEST:
-            return False
-        ahead = max(busy.start_s - self.now, 0.0)
-        kept = max(ahead - self.policy.migration_lost_work_s, 0.0)
-        done = kept / here.runtime_s if here.runtime_s else 1.0
-        moved = busy.start_s + self.policy.migration_restart_cost_s + max(
-            1.0 - done, 0.0) * busy.runtime_s
-        return moved <= busy.finish_s
+    def _moving_later_wins(self, job: PendingJob, here: Candidate, busy: Candidate) -> bool:
+        """Start on ``here`` now and move to ``busy`` once it frees rather than
+        wait (``core_migrate.start_then_move``)? Only for the fastest-finish
+        objective: the others chose their chip for another reason."""
+        return self.objective == FASTEST and start_then_move(
+            self.policy, job, here, busy, self.now)
 
     def _busy(self, group: Group, job: PendingJob, runtime: float) -> Candidate:
         start = self._start_when_free(group, job)
@@ -280,12 +314,15 @@ class RoundState:
         what the group's reservations hold."""
         need, free = job.replicas * job.devices_per_replica, group.ledger.free_devices
         held = self.reserved.get(group)
-        stamp = (free, len(held.queue) if held else 0)
-        memo = self.starts.get((group, need))
-        if memo is not None and memo[:2] == stamp:
+        queued = len(held.queue) if held else 0
+        memos = self.starts.get(group)
+        if memos is None:
+            memos = self.starts[group] = {}
+        memo = memos.get(need)
+        if memo is not None and memo[0] == free and memo[1] == queued:
             return memo[2]
         start = self._estimate_start(group, need - free, held)
-        self.starts[(group, need)] = (*stamp, start)
+        memos[need] = (free, queued, start)
         return start
 
     def _estimate_start(self, group: Group, deficit: int, held: Holds | None) -> float:
@@ -326,7 +363,10 @@ class RoundState:
         groups: Sequence[Group],
     ) -> WaitDecision:
         """Nothing fits now: reserve the group where the job would finish first."""
-        reason = self._capacity_reason(job, rank, groups)
+        memo = self.reasons.get(rank)  # one rank per shape and host request
+        if memo is None or memo[0] != self.placed:
+            memo = self.reasons[rank] = (self.placed, capacity_reason(job, groups))
+        reason = memo[1]
         if self.preemptor.worth_trying(job):
             preempting = self._preempt_for(job, rank, reason)
             if preempting is not None:
@@ -361,12 +401,6 @@ class RoundState:
             self.reservations += 1
         return WaitDecision(job.job_id, explain_preempting(victims, group, reason))
 
-    def _capacity_reason(self, job: PendingJob, rank: ShapeRank, groups: Sequence[Group]) -> str:
-        memo = self.reasons.get(rank)  # one rank per shape and host request
-        if memo is None or memo[0] != self.placed:
-            memo = self.reasons[rank] = (self.placed, capacity_reason(job, groups))
-        return memo[1]
-
     def _placement(
         self, job: PendingJob, rank: ShapeRank, pos: int, here: Candidate,
         passed: list[tuple[Candidate, Group]], slots: list[ReplicaSlot],
@@ -374,9 +408,10 @@ class RoundState:
         """The decision, with the compared candidates: the faster busy groups
         passed over, the chosen one and the next few slower ones."""
         group = rank.entries[pos][1]
-        later = self._runners_up(job, rank, pos)
-        ranked = sorted([*(c for c, _ in passed), here, *later],
-                        key=lambda c: (c.finish_s, not c.fits_now))
+        ranked = [c for c, _ in passed]
+        ranked.append(here)
+        ranked += self._runners_up(job, rank, pos)
+        ranked.sort(key=lambda c: (c.finish_s, not c.fits_now))
         return PlacementDecision(
             job_id=job.job_id,
             pool=group.pool,
@@ -389,7 +424,7 @@ class RoundState:
             ),
             estimated_runtime_s=here.runtime_s,
             candidates=tuple(ranked),
-            chosen_index=next(i for i, c in enumerate(ranked) if c is here),
+            chosen_index=[c is here for c in ranked].index(True),
             others_not_compared=max(len(rank.entries) - pos - 1 - EXPLAIN_OTHERS, 0),
             decided_at=self.now,
             objective="" if self.objective == FASTEST else self.objective,
@@ -398,17 +433,16 @@ class RoundState:
     def _runners_up(self, job: PendingJob, rank: ShapeRank, pos: int) -> list[Candidate]:
         """Estimates for the next slower groups after the chosen one."""
         reference = job.reference_runtime_s or self.policy.default_runtime_s
-        need, now, out = job.replicas * job.devices_per_replica, self.now, []
+        dpr, replicas, now = job.devices_per_replica, job.replicas, self.now
+        need, candidate, out = replicas * dpr, self.objectives.candidate, []
         for speed, group in rank.entries[pos + 1 : pos + 1 + EXPLAIN_OTHERS]:
             runtime = reference / speed
-            held = self.reserved.get(group)
             ledger = group.ledger
-            here = self.objectives.candidate(group, job, now, runtime, True)
-            if ledger.free_devices >= need and ledger.slot_bound(
-                job.devices_per_replica) >= job.replicas and (
-                held is None or held.admits(here.finish_s, need)
-            ):
-                out.append(here)
-            else:
-                out.append(self._busy(group, job, runtime))
+            if ledger.free_devices >= need and ledger.slot_bound(dpr) >= replicas:
+                here = candidate(group, job, now, runtime, True)
+                held = self.reserved.get(group)
+                if held is None or held.admits(here.finish_s, need):
+                    out.append(here)
+                    continue
+            out.append(self._busy(group, job, runtime))
         return out

@@ -26,6 +26,11 @@ filters, memory and packing rules as placement, ``core_fleet`` and
 largest gain go first and take their devices from a per-call ledger, so two
 proposals never share a device. At most ``max_per_round`` proposals; a job
 moved less than ``cooldown_s`` ago is left alone (no ping-pong).
+
+Placement with migration in view (``start_then_move``, called by the core's
+round under ``Policy.start_then_migrate``): a job that would wait for a
+faster busy group starts now on a free slower one when it can expect to
+move up once the faster group frees, so slow chips work instead of idling.
 """
 
 from __future__ import annotations
@@ -41,7 +46,13 @@ from controlplane.scheduler.core_fleet import (
     shape_key,
     static_verdict,
 )
-from controlplane.scheduler.types import ClusterSnapshot, PendingJob, ReplicaAssignment
+from controlplane.scheduler.types import (
+    Candidate,
+    ClusterSnapshot,
+    PendingJob,
+    Policy,
+    ReplicaAssignment,
+)
 
 
 @dataclass(frozen=True)
@@ -216,3 +227,33 @@ def _take(run: RunningJob, options: Sequence[tuple[float, float, Group]]
 
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
+
+
+def start_then_move(policy: Policy, job: PendingJob, here: Candidate, busy: Candidate,
+                    now: float) -> bool:
+    """Should ``job`` start now on ``here`` (free, slower) instead of waiting
+    for ``busy`` (faster, frees at ``busy.start_s``)? Only with
+    ``Policy.start_then_migrate`` and a ``migratable`` job.
+
+    Moving up once ``busy`` frees costs the restart, and the work done here
+    until then is kept except ``Policy.migration_lost_work_s`` of it. Yes when
+    that finishes no later than waiting; or when it finishes later by at most
+    ``start_then_migrate_slack`` of the time to finish by waiting *and*,
+    were the job never moved (queued work takes the faster chips first),
+    it would still finish within ``start_then_migrate_margin`` times that
+    time. The slack keeps a short job waiting a short while rather than pay
+    a restart as long as itself; the margin bounds the loss of one that
+    never moves.
+    """
+    if not (policy.start_then_migrate and job.migratable):
+        return False
+    ahead = max(busy.start_s - now, 0.0)
+    kept = max(ahead - policy.migration_lost_work_s, 0.0)
+    done = kept / here.runtime_s if here.runtime_s else 1.0
+    moved = busy.start_s + policy.migration_restart_cost_s + max(
+        1.0 - done, 0.0) * busy.runtime_s
+    if moved <= busy.finish_s:
+        return True
+    waiting = busy.finish_s - now
+    return (moved - now <= (1.0 + policy.start_then_migrate_slack) * waiting
+            and here.finish_s - now <= policy.start_then_migrate_margin * waiting)

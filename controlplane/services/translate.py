@@ -45,6 +45,8 @@ def pending_job(job: common_pb2.Job, order: int, catalogue: Catalogue,
         objective=objective_name(spec.objective),
         first_family="" if job.placement_target else first_family(spec, catalogue),
         data_region=spec.data_region, latency_class=latency_name(spec.latency_class),
+        # Only a job with a checkpoint dir can be moved (MigrationService).
+        migratable=bool(spec.checkpoint_dir),
     )
 
 

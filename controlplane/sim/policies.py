@@ -72,7 +72,8 @@ class XinheCorePolicy:
         """The core's knobs; with migration on, a job that would wait for a
         faster busy chip may start on a slower free one and move later,
         paying the restart and redoing, on average, half a checkpoint
-        interval of its run there."""
+        interval of its run there (``core_migrate.start_then_move``; its
+        slack and margin are the ``Policy`` defaults unless set)."""
         knobs = self.migration
         if not knobs.enabled:
             return self.policy

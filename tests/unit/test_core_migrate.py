@@ -95,7 +95,8 @@ def test_same_input_same_proposals() -> None:
 @pytest.mark.parametrize(("case", "frees_in", "on", "lost_s", "placed"), [
     ("off: waits for the H100", 7200, False, 0, None),
     ("on, long wait: starts on the MLU now", 7200, True, 0, "MLU370-X8"),
-    # 600 s on the MLU is 59 s of H100 work: less than the 60 s restart.
+    # 600 s on the MLU is 59 s of H100 work: less than the 60 s restart; and never
+    # moved, the MLU (10x slower) would finish past the margin of 5x waiting.
     ("on, short wait: moving would not pay the restart", 600, True, 0, None),
     # Half of the 7200 s there redone after the move: 3.1 % of the work kept,
     # 352 s of H100 time, still more than the 60 s restart.
@@ -111,6 +112,46 @@ def test_start_then_migrate(case: str, frees_in: float, on: bool, lost_s: float,
     policy = Policy(start_then_migrate=on, migration_restart_cost_s=60.0,
                     migration_lost_work_s=lost_s)
     decisions = schedule(snap, jobs("t", devices=8, runtime_s=36_000), policy, NOW)
+    got = decisions.placements[0].model if decisions.placements else None
+    assert got == placed, case
+    if placed is None:
+        assert decisions.waiting[0].reason.startswith("waiting for faster pool fast"), case
+
+
+# -- work-conserving with migration: a short wait for a faster chip is spent working -----
+# H100 = 3.17 x A100. 36 000 reference seconds: 11 356 s on the H100, 36 000 s on the A100.
+# The move loses everything done on the A100 (checkpoints every 1 200 s: none yet).
+MOVE_UP = Policy(start_then_migrate=True, migration_lost_work_s=1_200.0)
+
+
+@pytest.mark.parametrize(("case", "frees_in", "runtime_s", "policy", "migratable",
+                          "objective", "placed"), [
+    ("off: waits 900 s for the H100 (A100 2.9x slower, past the 1.5 wait margin)",
+     900, 36_000, Policy(), True, "", None),
+    # Moving up at 900 s: 900 + 60 + 11 356 = 12 316 s against 12 256 s waiting:
+    # 0.5 % later; never moved, 36 000 s = 2.94 x waiting, inside the margin of 3.
+    ("on: starts on the idle A100 now, to move up when the H100 frees",
+     900, 36_000, MOVE_UP, True, "", "A100"),
+    ("on, but the job cannot checkpoint: it waits", 900, 36_000, MOVE_UP, False, "", None),
+    ("on, no slack: moving must be free, the restart is not",
+     900, 36_000, replace(MOVE_UP, start_then_migrate_slack=0.0), True, "", None),
+    ("on, never moved it would finish past the margin (2.94 x > 2.5 x)",
+     900, 36_000, replace(MOVE_UP, start_then_migrate_margin=2.5), True, "", None),
+    # 1 268 s: 400 s on the H100; waiting 100 s finishes in 500 s, moving up
+    # in 100 + 60 + 400 = 560 s: the 60 s restart is more than the 10 % slack.
+    ("on, a short job: the restart costs more than the slack", 100, 1_268, MOVE_UP, True, "", None),
+    ("on, objective pinned: only the fastest-finish objective moves up",
+     900, 36_000, MOVE_UP, True, "pinned", None),
+])
+def test_start_on_the_idle_slower_chip_and_move_up(
+        case: str, frees_in: float, runtime_s: float, policy: Policy, migratable: bool,
+        objective: str, placed: str | None) -> None:
+    busy = running("r", pool="fast", model="H100", devices=8, end=NOW + frees_in)
+    snap = snapshot(nodes(1, model="H100", family="nvidia", pool="fast", free=()),
+                    nodes(1, model="A100", family="nvidia", pool="mid"),
+                    running=[busy])
+    (job,) = jobs("t", devices=8, runtime_s=runtime_s, objective=objective)
+    decisions = schedule(snap, [replace(job, migratable=migratable)], policy, NOW)
     got = decisions.placements[0].model if decisions.placements else None
     assert got == placed, case
     if placed is None:
