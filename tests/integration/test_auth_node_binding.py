@@ -143,7 +143,8 @@ def test_a_bound_token_registers_and_connects_only_as_its_node(bound: Bound) -> 
 def test_an_agent_reports_only_on_its_own_nodes_replicas(bound: Bound) -> None:
     admin = bound.admin
     unbound = agent_token(bound.data_dir)
-    job = admin.submit(train_spec("victim", steps=30, step_sleep=0.1))
+    # Long enough to outlive the rogue's exchange (connect alone waits 3 s).
+    job = admin.submit(train_spec("victim", steps=100, step_sleep=0.1))
     running = wait_for(lambda: (j := admin.get(job.id)).state == common_pb2.JOB_STATE_RUNNING
                        and j, 60, "victim running")
     ref = R.ReplicaRef(job_id=job.id, attempt=running.attempt, rank=0, epoch=running.epoch)
