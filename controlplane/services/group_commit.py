@@ -1,7 +1,8 @@
 """Group commit: concurrent callers share one store transaction (one fsync)
 instead of queueing for the store one by one.
 
-The model is ``submit_batch.py``, made generic. No background thread: the
+Used for submissions (``submit_batch.py``) and agent replica reports
+(``agents.py``). No background thread: the
 first caller to find no commit in progress becomes the leader and commits
 everything queued so far (its own item included) with one ``commit(items)``
 call; callers arriving meanwhile queue up and form the next batch, committed
