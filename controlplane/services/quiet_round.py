@@ -36,6 +36,8 @@ class QueueSource(Protocol):
     """The queue as a round reads it: all of it, or what joined since a stamp
     (``PendingQueue``; ``ListSource`` for a plain list)."""
 
+    def __len__(self) -> int: ...
+
     def pending_marked(self) -> tuple[list[PendingJob], int]: ...
 
     def since(self, mark: int) -> tuple[list[PendingJob], int]: ...
@@ -46,6 +48,9 @@ class ListSource:
     """A queue without stamps: ``since`` is the whole list."""
 
     jobs: Sequence[PendingJob]
+
+    def __len__(self) -> int:
+        return len(self.jobs)
 
     def pending_marked(self) -> tuple[list[PendingJob], int]:
         return list(self.jobs), 0

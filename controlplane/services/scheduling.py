@@ -94,7 +94,7 @@ def run_round(ctx: Context, host: SchedulerHost, policy: Policy,
     now = ctx.clock()
     with ctx.lock:
         source = ctx.pending if ctx.pending is not None else ListSource(queued_jobs(ctx))
-        queued = len(source) if ctx.pending is not None else len(source.jobs)
+        queued = len(source)
         if not queued:
             return RoundResult(0, 0, time.perf_counter() - started)
         snap = snapshot(ctx, now)
