@@ -26,36 +26,57 @@ class Hold:
 
 
 class Allocations:
+    """Device and port holds, indexed both by node and by job so that
+    releasing one finished replica touches only that job's devices."""
+
     def __init__(self) -> None:
         self._devices: dict[str, dict[int, Hold]] = defaultdict(dict)
         self._ports: dict[str, dict[int, str]] = defaultdict(dict)
+        # job id -> node -> device indices that job holds there
+        self._by_job: dict[str, dict[str, set[int]]] = {}
+        # job id -> (address, port) pairs that job holds
+        self._job_ports: dict[str, set[tuple[str, int]]] = {}
 
     def hold(self, job_id: str, attempt: int, placement: common_pb2.Placement) -> None:
         """Mark every device of a placement held by this job attempt."""
         for replica in placement.replicas:
             node_holds = self._devices[replica.node]
             for idx in replica.device_indices:
+                previous = node_holds.get(idx)
+                if previous is not None and previous.job_id != job_id:
+                    self._unindex(previous.job_id, replica.node, idx)
                 node_holds[idx] = Hold(job_id, attempt, replica.rank)
+                self._by_job.setdefault(job_id, {}).setdefault(replica.node, set()).add(idx)
         if placement.master_port:
-            self._ports[placement.master_addr][placement.master_port] = job_id
+            address, port = placement.master_addr, placement.master_port
+            previous_job = self._ports[address].get(port)
+            if previous_job is not None and previous_job != job_id:
+                self._job_ports.get(previous_job, set()).discard((address, port))
+            self._ports[address][port] = job_id
+            self._job_ports.setdefault(job_id, set()).add((address, port))
 
     def release(self, job_id: str, attempt: int | None = None, *, node: str | None = None,
                 rank: int | None = None) -> int:
         """Free the devices a job attempt holds (optionally on one node or
         for one rank). Returns how many devices were freed."""
         freed = 0
-        nodes = [node] if node is not None else list(self._devices)
+        held = self._by_job.get(job_id, {})
+        nodes = [node] if node is not None else list(held)
         for name in nodes:
-            holds = self._devices.get(name, {})
-            for idx in [i for i, h in holds.items() if _matches(h, job_id, attempt, rank)]:
+            indices = held.get(name)
+            if not indices:
+                continue
+            holds = self._devices[name]
+            for idx in [i for i in indices if _matches(holds[i], job_id, attempt, rank)]:
                 del holds[idx]
+                self._unindex(job_id, name, idx)
                 freed += 1
         if not self.holds_any(job_id):
             self._release_port(job_id)
         return freed
 
     def holds_any(self, job_id: str) -> bool:
-        return any(h.job_id == job_id for holds in self._devices.values() for h in holds.values())
+        return job_id in self._by_job
 
     def held_on(self, node: str) -> dict[int, Hold]:
         return dict(self._devices.get(node, {}))
@@ -75,9 +96,22 @@ class Allocations:
                 return port
         raise RuntimeError(f"no free rendezvous port on {address}")
 
+    def _unindex(self, job_id: str, node: str, idx: int) -> None:
+        per_node = self._by_job.get(job_id)
+        if per_node is None:
+            return
+        indices = per_node.get(node)
+        if indices is not None:
+            indices.discard(idx)
+            if not indices:
+                del per_node[node]
+        if not per_node:
+            del self._by_job[job_id]
+
     def _release_port(self, job_id: str) -> None:
-        for ports in self._ports.values():
-            for port in [p for p, j in ports.items() if j == job_id]:
+        for address, port in self._job_ports.pop(job_id, ()):
+            ports = self._ports.get(address)
+            if ports is not None and ports.get(port) == job_id:
                 del ports[port]
 
 
