@@ -49,14 +49,17 @@ class Controller:
                            settings=settings, clock=clock, pending=queue,
                            throughput=throughput)
         self.host = host
-        self.policy = policy or Policy()
+        migration = migration or MigrationPolicy()
+        # With policy migration on, a job may start on a slower free chip and
+        # move up later (MigrationPolicy.core_policy).
+        self.policy = migration.core_policy(policy or Policy())
         self.reconciler = Reconciler(self.ctx)
         self.jobs = JobService(self.ctx)
         self.migrations = MigrationService(self.ctx, self.jobs)
         self.preemptions = PreemptionService(self.ctx, self.reconciler, self.migrations)
         # Policy-triggered migration (the policy file's migration section; off by default).
         self.policy_migrations = PolicyMigrations(self.ctx, self.migrations,
-                                                  migration or MigrationPolicy(),
+                                                  migration,
                                                   self.policy.default_runtime_s, self.policy)
         self.agents = AgentSessions(self.ctx, self.reconciler)
         self._stop = threading.Event()
@@ -139,7 +142,7 @@ class Controller:
         self.migrations.resend_pending(now)
         self.preemptions.resend_pending(now)
         result = run_round(self.ctx, self.host, self.policy, preempt=self.preemptions.apply)
-        self.policy_migrations.after_round(result, self.ctx.clock())
+        self.policy_migrations.after_round(self.ctx.clock())
         self._save_throughput()
         self.last_round = result
         if self.on_round is not None:

@@ -1,7 +1,8 @@
 """Policy-triggered migration in the control plane's own services (real
 SQLite store, scheduler, reconciler; agents played by the test): a job on a
 slow chip moves once a much faster one frees, through the `xinhe migrate`
-path, rate limited, and never while queued work waits."""
+path, rate limited, also while other work waits; with it on, a job starts
+on a free slower chip rather than wait for a faster busy one."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from controlplane.model.catalogue import default_catalogue
 from controlplane.scheduler.host import InlineHost
+from controlplane.scheduler.types import Policy
 from controlplane.services.controller import Controller
 from controlplane.services.migration_policy import (
     MigrationPolicy,
@@ -104,20 +106,54 @@ def test_a_job_moves_to_the_fast_chip_once_it_frees(controller: Controller, cloc
     assert controller.policy_migrations.moves == 1
 
 
-def test_rate_limited_and_queued_work_first(controller: Controller, clock: Clock):
+def test_rate_limited(controller: Controller, clock: Clock):
     sessions, _blocker, job, blocker_launch = slow_job_while_fast_is_busy(controller)
     report(controller, "fast", blocker_launch.ref, R.REPLICA_STATE_SUCCEEDED)
     controller.tick()  # within min_interval_s of the previous evaluation
     assert controller.jobs.get(job).state == J.JOB_STATE_RUNNING
-    waiting = submit(controller, "waits", ("cambricon",))  # for the slow node, busy
-    clock.now += 31
-    result = controller.tick()
-    assert (result.pending, result.placed) == (1, 0)
-    assert controller.jobs.get(job).state == J.JOB_STATE_RUNNING  # queued work first
     assert drain(sessions["slow"], "checkpoint") == []
-    controller.jobs.cancel(waiting, "test", None)
+    clock.now += 31
     controller.tick()
     assert controller.jobs.get(job).state == J.JOB_STATE_MIGRATING
+
+
+def test_a_job_waiting_elsewhere_does_not_stop_a_move(controller: Controller, clock: Clock):
+    sessions, _blocker, job, blocker_launch = slow_job_while_fast_is_busy(controller)
+    waiting = submit(controller, "waits", ("cambricon",))  # for the slow node, busy
+    report(controller, "fast", blocker_launch.ref, R.REPLICA_STATE_SUCCEEDED)
+    clock.now += 31
+    controller.tick()  # the move to the fast chip frees the slow one for it
+    assert controller.jobs.get(job).state == J.JOB_STATE_MIGRATING
+    assert controller.jobs.get(waiting).state == J.JOB_STATE_QUEUED
+    [request] = drain(sessions["slow"], "checkpoint")
+    report(controller, "slow", request.ref, R.REPLICA_STATE_STOPPED, "checkpoint step-9 complete")
+    controller.tick()
+    assert controller.jobs.get(waiting).placement.family == "cambricon"
+
+
+def test_with_migration_a_job_starts_on_a_slower_free_chip(tmp_path: Path, clock: Clock):
+    """H100 busy for 2 h more, A100 free: a 10 h (A100) job finishes sooner
+    starting on the A100 and moving up than waiting; without migration it
+    waits for the H100 (3.2x faster, past the 1.5x wait margin)."""
+    for config, placed in ((ON, True), (MigrationPolicy(), False)):
+        controller = make(tmp_path, clock, config)
+        try:
+            assert controller.policy.start_then_migrate is placed
+            sessions = {"fast": connect(controller, "fast", "h100", "H100", "nvidia"),
+                        "mid": connect(controller, "mid", "a100", "A100", "nvidia")}
+            blocker = submit(controller, "blocker", ("nvidia",), checkpoint_dir="",
+                             runtime_s=int(7200 * 3.17))
+            start(controller, sessions, blocker)
+            job = submit(controller, "train", ("nvidia",))
+            result = controller.tick()
+            got = controller.jobs.get(job)
+            if placed:
+                assert result.placed == 1 and got.placement.model == "A100"
+            else:
+                assert got.state == J.JOB_STATE_QUEUED
+                assert "waiting for faster pool h100" in controller.ctx.wait_reasons[job]
+        finally:
+            controller.ctx.store.close()
 
 
 def test_off_by_default(tmp_path: Path, clock: Clock):
@@ -139,7 +175,18 @@ def test_the_policy_section_is_parsed_and_checked(tmp_path: Path):
                            "min_interval_s": 5, "restart_cost_s": 10, "cooldown_s": 60})
     assert got == MigrationPolicy(True, 2.0, 10.0, 3, 5.0, 60.0)
     assert got.knobs().cooldown_s == 60.0 and got.knobs().enabled
+    core = got.core_policy(Policy())
+    assert core.start_then_migrate and core.migration_restart_cost_s == 10.0
+    assert (core.start_then_migrate_slack, core.start_then_migrate_margin) == (0.1, 3.0)
+    tuned = parse_migration({"enabled": True, "start_then_migrate_slack": 0.2,
+                             "start_then_migrate_margin": 5}).core_policy(Policy())
+    assert (tuned.start_then_migrate_slack, tuned.start_then_migrate_margin) == (0.2, 5.0)
+    assert not parse_migration({"enabled": True, "start_then_migrate": False}).core_policy(
+        Policy()).start_then_migrate
+    assert MigrationPolicy().core_policy(Policy()) == Policy()  # off: the policy as it is
     for bad, key in (({"enabled": "yes"}, "migration.enabled"),
+                     ({"start_then_migrate": 1}, "migration.start_then_migrate"),
+                     ({"start_then_migrate_margin": 0.5}, "migration.start_then_migrate_margin"),
                      ({"min_gain_ratio": 0.5}, "migration.min_gain_ratio"),
                      ({"max_per_round": 1.5}, "migration.max_per_round"),
                      ({"speed": 1}, "unknown key(s) speed")):
