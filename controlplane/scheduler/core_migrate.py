@@ -80,6 +80,9 @@ class RunningJob:
     speed: tuple[tuple[str, float], ...] = ()
     migratable: bool = True
     last_migrated_at: float | None = None  # absolute; rate-limits moves of one job
+    # (node name, devices held there); () = unknown (``core_defrag`` then
+    # never moves the job).
+    nodes: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from controlplane.scheduler.core_defrag import propose_defrag
 from controlplane.scheduler.core_migrate import (
     MigrationKnobs,
     RunningJob,
     propose_migrations,
 )
-from controlplane.scheduler.types import ClusterSnapshot
+from controlplane.scheduler.types import ClusterSnapshot, PendingJob
 from controlplane.sim.state import RoundView, SimPlacement
 from controlplane.sim.state import RunningJob as SimRunning
 
@@ -40,6 +41,34 @@ def migrations(view: RoundView, placed: Sequence[SimPlacement],
     return tuple(view.on_devices(p.job_id, p.replicas) for p in proposals)
 
 
+def defrag_moves(view: RoundView, placed: Sequence[SimPlacement],
+                 waiting: Sequence[PendingJob], knobs: MigrationKnobs,
+                 ) -> tuple[SimPlacement, ...]:
+    """Consolidating moves (``core_defrag``) for the first waiting job, in
+    queue order, that a plan lets fit, on what ``placed`` left free."""
+    if not knobs.enabled or not view.running or not waiting:
+        return ()
+    free = _left_free(view, placed)
+    snapshot = ClusterSnapshot(nodes=view.cluster.node_views(free),
+                               model_speed=view.physics.model_speeds())
+    runs = [migration_view(run, view) for run in view.running]
+    for job in waiting:
+        if job.replicas * job.devices_per_replica <= 1:
+            continue  # one device fits wherever one is free
+        plan = propose_defrag(snapshot, runs, job, knobs, view.now)
+        if plan:
+            return tuple(view.on_devices(p.job_id, p.replicas) for p in plan)
+    return ()
+
+
+def _left_free(view: RoundView, placed: Sequence[SimPlacement]) -> list[int]:
+    free = list(view.cluster.free)
+    for placement in placed:
+        for node, count in placement.devices:
+            free[node] -= count
+    return free
+
+
 def migration_view(run: SimRunning, view: RoundView) -> RunningJob:
     """A running simulated job as the core's migration sees it."""
     job = run.queued.job
@@ -53,4 +82,5 @@ def migration_view(run: SimRunning, view: RoundView) -> RunningJob:
         tenant=job.tenant, priority=job.priority,
         min_device_memory_bytes=job.min_device_memory_bytes, families=job.families,
         models=job.models, seconds_since_checkpoint=ran % every if every > 0 else 0.0,
-        speed=job.speed, last_migrated_at=run.queued.last_migrated_at)
+        speed=job.speed, last_migrated_at=run.queued.last_migrated_at,
+        nodes=tuple((view.cluster.node_names[n], c) for n, c in run.devices))

@@ -5,9 +5,13 @@
   fleet: no copy of its logic lives here.
   ``xinhe-fair`` is the same with ``Policy.fair_share`` (tenants in
   weighted fair-share order instead of submission order). After each
-  round's placements it asks the core's ``propose_migrations`` whether a
-  running job should move to a faster chip left free (``controlplane.sim.
-  migrate``); ``xinhe-static`` is the same policy without migration.
+  round's placements it asks the core's ``propose_defrag`` whether moving
+  a few running jobs within their pool would let the first waiting gang
+  that could use it fit (its pool's free devices scattered over too many
+  nodes), and otherwise ``propose_migrations`` whether a running job
+  should move to a faster chip left free (``controlplane.sim.migrate``);
+  ``xinhe-static`` is the same policy without migration (nor
+  consolidation).
 * :class:`FifoFirstFit` is the heterogeneity-agnostic baseline: jobs
   strictly in submission order (priority ignored), each on the first pool in
   fleet order where its gang fits now, nodes first-fit. Strict FIFO means
@@ -31,7 +35,7 @@ from controlplane.scheduler.core import schedule
 from controlplane.scheduler.core_migrate import MigrationKnobs
 from controlplane.scheduler.types import PendingJob, Policy
 from controlplane.sim.fleet import Pool
-from controlplane.sim.migrate import migrations
+from controlplane.sim.migrate import defrag_moves, migrations
 from controlplane.sim.speeds import Physics, fits
 from controlplane.sim.state import (
     Cluster,
@@ -56,13 +60,21 @@ class XinheCorePolicy:
     policy: Policy = field(default_factory=Policy)
     name: str = "xinhe"
     migration: MigrationKnobs = field(default_factory=lambda: MIGRATE)
+    # Consolidating moves for gangs whose group's free devices are scattered.
+    defrag: bool = True
 
     def round(self, view: RoundView) -> RoundResult:
         pending = [self.pending(q, view.physics) for q in view.queue]
         decisions = schedule(view.snapshot(), pending, self.core_policy(view), view.now)
         placed = tuple(view.placement(d) for d in decisions.placements)
         preempted = tuple(p.job_id for p in decisions.preemptions)
-        moving = () if preempted else migrations(view, placed, self.migration)
+        moving: tuple[SimPlacement, ...] = ()
+        if not preempted and self.defrag:
+            waiting = {w.job_id for w in decisions.waiting if not w.never_fits}
+            moving = defrag_moves(view, placed, [p for p in pending if p.job_id in waiting],
+                                  self.migration)
+        if not preempted and not moving:
+            moving = migrations(view, placed, self.migration)
         return RoundResult(placed, preempted, moving)
 
     def pending(self, queued: QueuedJob, physics: Physics) -> PendingJob:

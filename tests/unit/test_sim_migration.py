@@ -150,3 +150,20 @@ def test_short_jobs_still_wait_rather_than_pay_a_restart_as_long_as_themselves()
            for p in (XinheCorePolicy(), XinheCorePolicy(Policy(start_then_migrate_slack=0.0)))]
     assert got[0]["utilisation_while_waiting"] == got[1]["utilisation_while_waiting"]
     assert got[0]["utilisation_while_waiting"]["cambricon"] < 0.9
+
+
+def test_running_jobs_move_within_the_pool_so_a_waiting_gang_fits() -> None:
+    """Two 8-device A100 nodes: a and b fill node 0, c half of node 1; b
+    ends at 100, leaving 4 free on each node. The 8-device gang g arrives
+    at 200: moving a onto node 1's free half clears node 0, so g starts at
+    200 and a pays the 60 s restart; without it g waits for a (100 000)."""
+    fleet = Fleet((make_pool("a100", "east", "A100", 2, 8),))
+    jobs = [job("a", 0, devices=4, runtime=100_000), job("b", 0, devices=4, runtime=100),
+            job("c", 1, devices=4, runtime=100_000), job("g", 200, devices=8, runtime=1000)]
+    result, moved = finishes(jobs, XinheCorePolicy(), fleet=fleet)
+    assert moved["g"] == pytest.approx((1200, "A100", 0))
+    assert moved["a"] == pytest.approx((100_060, "A100", 1))
+    assert moved["c"] == pytest.approx((100_001, "A100", 0))
+    assert result.migrations == 1
+    _, kept = finishes(jobs, XinheCorePolicy(defrag=False), fleet=fleet)
+    assert kept["g"] == pytest.approx((101_000, "A100", 0))
