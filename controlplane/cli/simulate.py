@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from controlplane.scheduler.types import Policy
 from controlplane.sim import gavel, synth
 from controlplane.sim.errors import SimInputError
 from controlplane.sim.fleet import Fleet, read_fleet
@@ -22,6 +23,7 @@ from controlplane.sim.knobs import (
     with_knobs,
     with_migration,
     with_objective,
+    with_start_then_migrate,
 )
 from controlplane.sim.plot import plot_timelines
 from controlplane.sim.policies import POLICIES, make_policies
@@ -61,6 +63,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--migrations-per-round", type=int, default=4, metavar="N",
                    help="xinhe moves at most N running jobs to faster free chips per "
                         "round (0 = never migrate)")
+    p.add_argument("--start-slack", type=float, default=Policy.start_then_migrate_slack,
+                   metavar="F", help="xinhe starts a job on a free slower chip, to move up "
+                   "later, when that finishes at most this share later than waiting for "
+                   "the faster one")
+    p.add_argument("--start-margin", type=float, default=Policy.start_then_migrate_margin,
+                   metavar="X", help="... and within X times waiting's finish even if "
+                   "never moved")
+    p.add_argument("--no-defrag", action="store_true",
+                   help="xinhe does not move running jobs within a pool to make room for "
+                        "a waiting gang")
     p.add_argument("--objective", choices=SIM_OBJECTIVES, default="fastest",
                    help="placement objective of every job for the policies that drive the "
                         "core: earliest finish, lowest cost (device-hours x pool "
@@ -78,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         quotas = parse_quotas(args.quotas)
         with_knobs(policies, quotas, args.max_preemptions, args.preemption_cooldown)
         with_migration(policies, args.restart_cost, args.migrations_per_round)
+        with_start_then_migrate(policies, args.start_slack, args.start_margin,
+                                not args.no_defrag)
         with_objective(policies, args.objective)
         inputs["objective"] = args.objective
         if args.checkpoint_every < 0:
@@ -85,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         inputs["quotas"] = args.quotas
         inputs["restart_cost_s"] = args.restart_cost
         inputs["migrations_per_round"] = args.migrations_per_round
+        inputs["start_then_migrate"] = {"slack": args.start_slack,
+                                        "margin": args.start_margin}
+        inputs["defrag"] = not args.no_defrag
     except (SimInputError, ValueError, OSError) as exc:
         print(f"xinhe simulate: {exc}", file=sys.stderr)
         return 2

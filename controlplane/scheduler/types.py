@@ -155,11 +155,12 @@ class Policy:
     # finish by waiting) while, never moved, it would still finish within
     # ``start_then_migrate_margin`` times that time (``core_migrate.
     # start_then_move``): slow chips work instead of idling. Off: plain
-    # waiting. 0.1 and 3 keep the simulator's average JCT (README); a margin
-    # of 5 fills slow families more but costs up to 5 % JCT on Gavel.
+    # waiting. 0.3 and 5, with consolidating moves (``core_defrag``), keep
+    # every family >= 90 % busy while work waits on the simulator's Chinese
+    # fleets at the average JCT 0.1 and 3 gave without them (README).
     start_then_migrate: bool = False
-    start_then_migrate_slack: float = 0.1
-    start_then_migrate_margin: float = 3.0
+    start_then_migrate_slack: float = 0.3
+    start_then_migrate_margin: float = 5.0
     migration_restart_cost_s: float = 60.0
     # Seconds of the slower chip's run expected to be redone after the move
     # (work since the last checkpoint; e.g. half the checkpoint interval).

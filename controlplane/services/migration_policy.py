@@ -33,8 +33,8 @@ The policy file's section (every key optional)::
       min_interval_s: 30    # seconds between evaluations (rate limit)
       cooldown_s: 600       # a job moved less than this ago stays put
       start_then_migrate: true         # start on a free slower chip, move up later
-      start_then_migrate_slack: 0.1    # finish at most 10 % later than waiting
-      start_then_migrate_margin: 3     # ... and within 3x even if never moved
+      start_then_migrate_slack: 0.3    # finish at most 30 % later than waiting
+      start_then_migrate_margin: 5     # ... and within 5x even if never moved
 
 Work left is the job's reference runtime minus what its current attempt has
 done at its chip's speed (learned throughput when known); work since the last

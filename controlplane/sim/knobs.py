@@ -82,3 +82,18 @@ def with_objective(policies: Sequence[object], objective: str) -> None:
         knobs: MigrationKnobs | None = getattr(policy, "migration", None)
         if objective != "fastest" and isinstance(knobs, MigrationKnobs):
             policy.migration = replace(knobs, enabled=False)  # type: ignore[attr-defined]
+
+
+def with_start_then_migrate(policies: Sequence[object], slack: float, margin: float,
+                            defrag: bool) -> None:
+    """Set the start-then-migrate slack and margin (``Policy``) and whether
+    consolidating moves run, on every policy that migrates."""
+    if slack < 0 or margin < 1:
+        raise SimInputError("--start-slack must be >= 0 and --start-margin >= 1")
+    for policy in policies:
+        knobs: MigrationKnobs | None = getattr(policy, "migration", None)
+        core: Policy | None = getattr(policy, "policy", None)
+        if isinstance(knobs, MigrationKnobs) and knobs.enabled and isinstance(core, Policy):
+            policy.policy = replace(  # type: ignore[attr-defined]
+                core, start_then_migrate_slack=slack, start_then_migrate_margin=margin)
+            policy.defrag = defrag  # type: ignore[attr-defined]

@@ -177,7 +177,7 @@ def test_the_policy_section_is_parsed_and_checked(tmp_path: Path):
     assert got.knobs().cooldown_s == 60.0 and got.knobs().enabled
     core = got.core_policy(Policy())
     assert core.start_then_migrate and core.migration_restart_cost_s == 10.0
-    assert (core.start_then_migrate_slack, core.start_then_migrate_margin) == (0.1, 3.0)
+    assert (core.start_then_migrate_slack, core.start_then_migrate_margin) == (0.3, 5.0)
     tuned = parse_migration({"enabled": True, "start_then_migrate_slack": 0.2,
                              "start_then_migrate_margin": 5}).core_policy(Policy())
     assert (tuned.start_then_migrate_slack, tuned.start_then_migrate_margin) == (0.2, 5.0)

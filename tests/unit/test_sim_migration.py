@@ -12,7 +12,7 @@ from controlplane.scheduler.types import Policy
 from controlplane.sim.engine import simulate
 from controlplane.sim.errors import SimInputError
 from controlplane.sim.fleet import Fleet, make_pool
-from controlplane.sim.knobs import with_migration
+from controlplane.sim.knobs import with_migration, with_start_then_migrate
 from controlplane.sim.policies import MIGRATE, XinheCorePolicy, make_policies
 from controlplane.sim.report import summarize, table
 from controlplane.sim.speeds import Physics
@@ -103,6 +103,18 @@ def test_migration_knobs_from_the_command_line() -> None:
         with_migration(policies, restart_cost_s=-1.0, per_round=1)
 
 
+def test_start_then_migrate_knobs_from_the_command_line() -> None:
+    policies = make_policies("xinhe,xinhe-static,fifo")
+    with_start_then_migrate(policies, slack=0.1, margin=3.0, defrag=False)
+    xinhe, static = policies[0], policies[1]
+    assert (xinhe.policy.start_then_migrate_slack, xinhe.policy.start_then_migrate_margin,
+            xinhe.defrag) == (0.1, 3.0, False)
+    assert static.policy == Policy() and static.defrag  # never migrates: left alone
+    for slack, margin in ((-0.1, 3.0), (0.1, 0.5)):
+        with pytest.raises(SimInputError, match="--start-slack must be >= 0"):
+            with_start_then_migrate(policies, slack=slack, margin=margin, defrag=True)
+
+
 # -- work-conserving with migration: the slow family works while jobs wait -----------------
 UP = (("H100", 2.0), ("MLU370-X8", 0.8))  # 2.5x: past the wait margin, inside the move-up one
 
@@ -142,10 +154,10 @@ def test_every_family_stays_busy_while_work_waits(shape: tuple) -> None:
 
 
 def test_short_jobs_still_wait_rather_than_pay_a_restart_as_long_as_themselves() -> None:
-    """600 s jobs (300 s on the H100): a move's 60 s restart is over the 10 %
-    slack, so a short wait stays a wait, as without the rule (here that leaves
-    the MLUs 84 % busy while work waits; slack 1.0 would fill them)."""
-    physics, jobs = burst(48, 10, 600, 2)
+    """200 s jobs (100 s on the H100): a move's 60 s restart is over the 30 %
+    slack, so a short wait stays a wait, as without the rule (which leaves
+    the MLUs idle most of the time work waits)."""
+    physics, jobs = burst(48, 10, 200, 2)
     got = [summarize(simulate(jobs, physics, p, checkpoint_every_s=600), physics)
            for p in (XinheCorePolicy(), XinheCorePolicy(Policy(start_then_migrate_slack=0.0)))]
     assert got[0]["utilisation_while_waiting"] == got[1]["utilisation_while_waiting"]
