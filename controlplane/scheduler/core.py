@@ -228,7 +228,7 @@ class RoundState:
         key = (job.families, job.models, job.devices_per_replica, job.replicas,
                job.min_device_memory_bytes, job.pools, job.cpu_millis, job.memory_bytes,
                job.speed, job.objective, queue, job.first_family, job.data_region,
-               job.latency_class)
+               job.latency_class, job.nodes)
         kind = self.kinds.get(key)
         if kind is None:
             vkey, verdict = self._verdict(job)
@@ -274,7 +274,9 @@ class RoundState:
                     self.objective, passed, here, now, soonest) if passed else None
                 if target is not None and not self._moving_later_wins(job, here, target[0]):
                     return self._wait_for_faster(job, target, here)
-                slots = group.ledger.place_gang(job)
+                slots = group.ledger.place_on(job, job.nodes) if job.nodes else None
+                if slots is None:  # a node pin is a preference: never stranded by it
+                    slots = group.ledger.place_gang(job)
                 if slots is not None:
                     if held is not None:
                         held.charge(here.finish_s, need)

@@ -161,6 +161,24 @@ class GroupLedger:
             remaining -= count
         return [(node.name, dev) for node, dev in taken]
 
+    def place_on(self, job: PendingJob, names: frozenset[str]) -> list[ReplicaSlot] | None:
+        """``place_gang`` restricted to the nodes ``names`` (a job pinned to
+        nodes): fewest free first, all replicas or none."""
+        taken: list[tuple[NodeState, tuple[int, ...]]] = []
+        remaining = job.replicas
+        for node in sorted((n for n in self.nodes if n.name in names),
+                           key=lambda n: (len(n.free), n.pos)):
+            count = node.slots(job, remaining)
+            if count:
+                taken.extend((node, dev) for dev in self._take(node, job, count))
+                remaining -= count
+                if not remaining:
+                    break
+        if remaining:
+            self._undo(job, taken)
+            return None
+        return [(node.name, dev) for node, dev in taken]
+
     def _best_holder(self, job: PendingJob, need: int) -> NodeState | None:
         """Fewest-free node that holds ``need`` replicas (best fit)."""
         d, counts = job.devices_per_replica, self.counts

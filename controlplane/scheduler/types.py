@@ -103,6 +103,10 @@ class PendingJob:
     speed: tuple[tuple[str, float], ...] = ()
     # Only nodes of these pools (a migration pinned to a pool); empty = any.
     pools: frozenset[str] = frozenset()
+    # Preferred nodes (a consolidating move's target, ``core_defrag``): the
+    # job goes there when they hold it, else wherever the other filters
+    # allow, so a pin to devices taken meanwhile never strands it.
+    nodes: frozenset[str] = frozenset()
     # Placement objective (``core_objective``: fastest, cost, energy,
     # pinned); "" = the queue's default from the policy.
     objective: str = ""

@@ -23,6 +23,15 @@ waiting (and within ``start_then_migrate_margin`` times the wait-and-run
 time even if it never moves), so slower chips work instead of idling
 (``core_migrate.start_then_move``). The moves above take it up.
 
+Consolidating moves (``core_defrag``), tried first at each evaluation: when
+the first queued job (queue order) that needs more than one device waits in
+a pool that has the devices free but scattered over too many nodes,
+running checkpointable single-node jobs of that pool move to other nodes'
+free devices of the same pool (pinned to the node: ``node:<pool>:<node>``,
+a preference that never strands them) so that it fits; at most
+``max_per_round`` moves, each delaying its job by at most 10 % of what it
+has left. An evaluation that consolidates makes no other move.
+
 The policy file's section (every key optional)::
 
     migration:
@@ -51,6 +60,8 @@ from typing import Any
 
 from controlplane.api.errors import DomainError
 from controlplane.model import states
+from controlplane.scheduler.core import order_queue
+from controlplane.scheduler.core_defrag import propose_defrag
 from controlplane.scheduler.core_estimate import job_speed, speed_table
 from controlplane.scheduler.core_migrate import (
     MigrationKnobs,
@@ -61,7 +72,7 @@ from controlplane.scheduler.core_migrate import (
 from controlplane.scheduler.types import ClusterSnapshot, PendingJob, Policy
 from controlplane.services.context import Context
 from controlplane.services.migration import MigrationService
-from controlplane.services.migration_target import MODEL, Target
+from controlplane.services.migration_target import MODEL, NODE, Target
 from controlplane.services.scheduling import model_speeds
 from controlplane.services.throughput import job_type
 from controlplane.services.translate import node_views, pending_job
@@ -172,23 +183,60 @@ class PolicyMigrations:
         if self._evaluated_at is not None and now - self._evaluated_at < cfg.min_interval_s:
             return []
         self._evaluated_at = now
+        plan = self.consolidate(now)
+        if plan:  # a round that consolidates makes no other move (as the simulator)
+            return [p.job_id for p in plan
+                    if self._start(p, now, Target(NODE, f"{p.target_pool}:{p.replicas[0].node}"))]
         proposals = self.propose(now)
-        return [p.job_id for p in proposals if self._start(p, now)]
+        return [p.job_id for p in proposals
+                if self._start(p, now, Target(MODEL, p.target_model))]
 
     def propose(self, now: float) -> tuple[MigrationProposal, ...]:
         """What the core proposes for the fleet and running jobs as they are."""
+        view = self._view(now)
+        if view is None:
+            return ()
+        snap, runs = view
+        return propose_migrations(snap, runs, self.config.knobs(), now)
+
+    def consolidate(self, now: float) -> tuple[MigrationProposal, ...]:
+        """Consolidating moves (``core_defrag``) for the first queued job, in
+        queue order, whose pool has the devices it waits for but scattered
+        over too many nodes; each moves a job to one node of its own pool."""
+        if self.ctx.pending is None:
+            return ()
+        with self.ctx.lock:
+            reasons = dict(self.ctx.wait_reasons)
+        queued = [job for job in order_queue(self.ctx.pending.pending())
+                  if job.replicas * job.devices_per_replica > 1 and not job.nodes
+                  and not reasons.get(job.job_id, "").startswith("unschedulable")]
+        if not queued:
+            return ()
+        view = self._view(now)
+        if view is None:
+            return ()
+        snap, runs = view
+        knobs = self.config.knobs()
+        for job in queued:
+            plan = propose_defrag(snap, runs, job, knobs, now)
+            if plan:
+                return plan
+        return ()
+
+    def _view(self, now: float) -> tuple[ClusterSnapshot, list[RunningJob]] | None:
+        """The fleet's free devices and the running checkpointable jobs."""
         ctx = self.ctx
         with ctx.lock:
             running = [j for j in ctx.store.jobs_in_states([states.RUNNING])
                        if j.spec.checkpoint_dir and j.placement.replicas]
             if not running:
-                return ()
+                return None
             snap = ClusterSnapshot(
                 nodes=tuple(node_views(ctx.fleet.nodes(), ctx.allocations, ctx.catalogue)),
                 model_speed=model_speeds(ctx))
             speeds = speed_table(snap)
             runs = [self.running_job(job, now, speeds) for job in running]
-        return propose_migrations(snap, runs, self.config.knobs(), now)
+        return snap, runs
 
     def running_job(self, job: common_pb2.Job, now: float,
                     speeds: dict[str, float]) -> RunningJob:
@@ -212,6 +260,7 @@ class PolicyMigrations:
             families=pending.families, models=pending.models, speed=pending.speed,
             last_migrated_at=self._moved_at.get(job.id),
             seconds_since_checkpoint=since_checkpoint,
+            nodes=_held_per_node(placement),
             # The policy moves jobs to where they finish sooner: a job placed for
             # cost, energy or a pinned family chose its chip for another reason.
             migratable=self._objective(pending) == "fastest")
@@ -225,11 +274,10 @@ class PolicyMigrations:
         return dict(self.policy.queue_objectives).get(pending.queue,
                                                       self.policy.default_objective or "fastest")
 
-    def _start(self, proposal: MigrationProposal, now: float) -> bool:
+    def _start(self, proposal: MigrationProposal, now: float, target: Target) -> bool:
         reason = POLICY_PREFIX + proposal.reason
         try:
-            self.migrations.migrate_to(proposal.job_id, Target(MODEL, proposal.target_model),
-                                       reason, trigger="policy")
+            self.migrations.migrate_to(proposal.job_id, target, reason, trigger="policy")
         except (DomainError, ConflictError) as err:  # it ended or moved meanwhile: skip it
             log.info("policy migration of %s not started: %s", proposal.job_id, err)
             return False
@@ -237,3 +285,11 @@ class PolicyMigrations:
         self.moves += 1
         log.info("job %s: %s", proposal.job_id, reason)
         return True
+
+
+def _held_per_node(placement: common_pb2.Placement) -> tuple[tuple[str, int], ...]:
+    """(node, devices held there) of a placement, in rank order."""
+    held: dict[str, int] = {}
+    for replica in placement.replicas:
+        held[replica.node] = held.get(replica.node, 0) + len(replica.device_indices)
+    return tuple(held.items())

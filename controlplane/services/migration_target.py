@@ -5,7 +5,9 @@ A target is a family ("ascend"), a pool (its exact name) or a model ("910B",
 or an alias), looked up in that order: an operator's pool name wins over a
 fuzzy model match ("910b-west" is a pool, not the 910B). It is stored on the
 job as ``kind:name`` ("family:ascend", "model:910B", "pool:910b-west") so it
-reads back unambiguously. It never widens what the job's spec allows: a target outside
+reads back unambiguously. The migration policy's consolidating moves pin a
+job to one node of its own pool: ``node:<pool>:<node>`` (no user input
+names a node). It never widens what the job's spec allows: a target outside
 the spec's families/models is refused, and a pinned job is scheduled on the
 intersection. Pure functions: no store, no clock, no network.
 """
@@ -18,6 +20,9 @@ from dataclasses import dataclass
 from controlplane.model.catalogue import Catalogue
 
 FAMILY, MODEL, POOL = "family", "model", "pool"
+# A consolidating move's pin to one node: name "<pool>:<node>" (set by the
+# migration policy, never resolved from user input).
+NODE = "node"
 
 
 class TargetError(ValueError):
@@ -48,6 +53,7 @@ class Filters:
     families: frozenset[str]
     models: frozenset[str]
     pools: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
 
 
 def resolve(target: str, catalogue: Catalogue, pools: Iterable[str]) -> Target:
@@ -74,6 +80,9 @@ def narrow(base: Filters, target: Target, catalogue: Catalogue) -> Filters:
     migration may move a job between the chips it allows, never beyond.
     """
     anything = not base.families and not base.models
+    if target.kind == NODE:
+        pool, _, node = target.name.partition(":")
+        return Filters(base.families, base.models, frozenset({pool}), frozenset({node}))
     if target.kind == POOL:
         return Filters(base.families, base.models, frozenset({target.name}))
     if target.kind == MODEL:
@@ -100,7 +109,9 @@ def pinned(base: Filters, placement_target: str, catalogue: Catalogue) -> Filter
     to its spec's filters rather than becoming unplaceable.
     """
     kind, _, name = placement_target.partition(":")
-    if kind not in (FAMILY, MODEL, POOL) or not name:
+    if kind not in (FAMILY, MODEL, POOL, NODE) or not name:
+        return base
+    if kind == NODE and not all(name.partition(":")[::2]):
         return base
     if kind == MODEL and catalogue.find_model(name) is None:
         return base

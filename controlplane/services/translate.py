@@ -30,7 +30,7 @@ def pending_job(job: common_pb2.Job, order: int, catalogue: Catalogue,
     for name in res.models:
         chip = catalogue.find_model(name)
         models.add(chip.model if chip else name)
-    # A migrated job stays within its target (family, model or pool).
+    # A migrated job stays within its target (family, model, pool or node).
     where = pinned(Filters(frozenset(f.lower() for f in res.families), frozenset(models)),
                    job.placement_target, catalogue)
     return PendingJob(
@@ -38,7 +38,7 @@ def pending_job(job: common_pb2.Job, order: int, catalogue: Catalogue,
         order=order, replicas=spec.replicas, devices_per_replica=res.accelerators,
         min_device_memory_bytes=res.min_device_memory_bytes, cpu_millis=res.cpu_millis,
         memory_bytes=res.memory_bytes, families=where.families,
-        models=where.models, pools=where.pools,
+        models=where.models, pools=where.pools, nodes=where.nodes,
         reference_runtime_s=spec.reference_runtime.ToTimedelta().total_seconds(),
         submitted_at=job.created_at.ToNanoseconds() / 1e9, speed=speed,
         # An explicit migration target wins over the pinned objective's family.

@@ -84,6 +84,9 @@ def test_a_pin_that_no_longer_fits_the_spec_falls_back_to_the_spec() -> None:
     assert pinned(base, "model:no-such-chip", CAT) == base
     assert pinned(base, "model:H100", CAT) == Filters(frozenset(), frozenset({"H100"}))
     assert pinned(base, "pool:p1", CAT) == Filters(base.families, frozenset(), frozenset({"p1"}))
+    assert pinned(base, "node:p1:n-7", CAT) == Filters(
+        base.families, frozenset(), frozenset({"p1"}), frozenset({"n-7"}))
+    assert pinned(base, "node:p1", CAT) == pinned(base, "node::n-7", CAT) == base  # malformed
 
 
 def queued_job(families: tuple[str, ...] = (), pin: str = "") -> common_pb2.Job:
@@ -106,6 +109,22 @@ def test_the_scheduler_places_a_pinned_job_only_within_its_target() -> None:
     assert place("family:ascend") in ("910b-a", "910b-b")
     assert place("pool:910b-b") == "910b-b"
     assert place("model:910B") in ("910b-a", "910b-b")
+
+
+def test_a_node_pin_is_preferred_and_never_strands_the_job() -> None:
+    """A consolidating move's target node: the job goes there though best
+    fit would choose another node of the pool; when the node cannot hold it
+    (taken meanwhile) it goes elsewhere in the pool, never to another pool."""
+    def place(node_b_free: range) -> tuple[str, str]:
+        snap = snapshot(nodes(1, model="H100", family="nvidia", pool="h100"),
+                        nodes(1, model="910B", pool="910b", name="a", free=range(7)),
+                        nodes(1, model="910B", pool="910b", name="b", free=node_b_free))
+        job = pending_job(queued_job(pin="node:910b:b-000"), 0, CAT)
+        decision = schedule(snap, [job], Policy(), 0.0)
+        return decision.placements[0].pool, decision.placements[0].replicas[0].node
+
+    assert place(range(8)) == ("910b", "b-000")  # best fit alone would take a-000
+    assert place(range(0)) == ("910b", "a-000")
 
 
 def test_a_pin_to_a_pool_the_fleet_lacks_never_fits_instead_of_going_elsewhere() -> None:

@@ -2,7 +2,8 @@
 SQLite store, scheduler, reconciler; agents played by the test): a job on a
 slow chip moves once a much faster one frees, through the `xinhe migrate`
 path, rate limited, also while other work waits; with it on, a job starts
-on a free slower chip rather than wait for a faster busy one."""
+on a free slower chip rather than wait for a faster busy one, and running
+jobs move within their pool to make room for a waiting gang."""
 
 from __future__ import annotations
 
@@ -50,10 +51,11 @@ def controller(tmp_path: Path, clock: Clock) -> Iterator[Controller]:
 
 
 def submit(controller: Controller, name: str, families: tuple[str, ...],
-           checkpoint_dir: str = "/shared/ckpt", runtime_s: int = 36000) -> str:
+           checkpoint_dir: str = "/shared/ckpt", runtime_s: int = 36000,
+           devices: int = 2) -> str:
     spec = J.JobSpec(name=name, queue="lab-a/default", command=["true"], replicas=1,
                      checkpoint_dir=checkpoint_dir)
-    spec.resources.accelerators = 2
+    spec.resources.accelerators = devices
     spec.resources.families.extend(families)
     spec.reference_runtime.FromSeconds(runtime_s)
     job, _ = controller.jobs.submit(spec, "")
@@ -208,3 +210,36 @@ def test_a_job_placed_for_cost_is_not_moved_for_speed(controller: Controller, cl
     assert not view.migratable and view.seconds_since_checkpoint >= 31
     fastest = controller.policy_migrations.running_job(controller.jobs.get(job), clock.now, {})
     assert fastest.migratable
+
+
+def test_a_job_moves_within_its_pool_so_a_waiting_job_fits(controller: Controller,
+                                                            clock: Clock):
+    """Two 2-device A100 nodes with one device free on each: a 2-device job
+    fits on neither. The policy moves the checkpointable job a from n1 to
+    n2's free device (a node pin); once a stopped, a starts on n2 and the
+    waiting job on the whole of n1."""
+    sessions = {n: connect(controller, n, "a100", "A100", "nvidia") for n in ("n1", "n2")}
+    a = submit(controller, "a", ("nvidia",), devices=1)
+    start(controller, sessions, a)
+    c = submit(controller, "c", ("nvidia",), checkpoint_dir="", devices=1)
+    c_launch = start(controller, sessions, c)
+    b = submit(controller, "b", ("nvidia",), devices=1)
+    start(controller, sessions, b)
+    assert [controller.jobs.get(j).placement.replicas[0].node for j in (a, c, b)] == [
+        "n1", "n1", "n2"]
+    report(controller, "n1", c_launch.ref, R.REPLICA_STATE_SUCCEEDED)
+    waiting = submit(controller, "two", ("nvidia",), checkpoint_dir="", runtime_s=3600)
+    clock.now += 31
+    result = controller.tick()
+    assert result.placed == 0
+    moving = controller.jobs.get(a)
+    assert moving.state == J.JOB_STATE_MIGRATING and moving.placement_target == "node:a100:n2"
+    [request] = drain(sessions["n1"], "checkpoint")
+    assert "making room for gang" in request.reason and waiting in request.reason
+    report(controller, "n1", request.ref, R.REPLICA_STATE_STOPPED, "checkpoint step-3 complete")
+    controller.tick()
+    moved, placed = controller.jobs.get(a), controller.jobs.get(waiting)
+    assert (moved.attempt, moved.placement.replicas[0].node) == (2, "n2")
+    assert placed.state == J.JOB_STATE_SCHEDULED
+    assert [(r.node, len(r.device_indices)) for r in placed.placement.replicas] == [("n1", 2)]
+    assert controller.policy_migrations.moves == 1
