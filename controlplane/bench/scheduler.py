@@ -26,7 +26,7 @@ from typing import Any
 from controlplane.bench.naive import naive_first_fit
 from controlplane.bench.workload import NOW, bench_fleet, bench_queue
 from controlplane.scheduler.core import schedule
-from controlplane.scheduler.host import SchedulerHost, ShardedInlineHost
+from controlplane.scheduler.host import InlineHost, SchedulerHost, ShardedInlineHost
 from controlplane.scheduler.types import ClusterSnapshot, PendingJob, Policy
 
 TARGET_PLACEMENTS_PER_S = 10_000
@@ -123,6 +123,9 @@ def bench(nodes: int, jobs: int, rounds: int = 3, seed: int = 0, shards: int = 1
         "pending_jobs": jobs,
         "running_jobs": len(snapshot.running),
         "xinhe": time_rounds(core_round(snapshot, pending), rounds),
+        # The same round as the control plane runs it: through a host, with
+        # the cyclic collector paused for it (scheduler/collector.py).
+        "xinhe_host": time_rounds(host_round(InlineHost(), snapshot, pending), rounds),
         "naive_first_fit": time_rounds(lambda: naive_first_fit(snapshot, pending), rounds),
         "target_placements_per_s": TARGET_PLACEMENTS_PER_S,
     }

@@ -1,7 +1,8 @@
 """Where the pure core runs: in-process, or in a Ray actor.
 
 The core holds no state between rounds, so a host is a thin shell: it passes
-the round's inputs in and the decisions out. A dead actor loses nothing; the
+the round's inputs in and the decisions out, with the cyclic garbage
+collector paused for the round (``collector``). A dead actor loses nothing; the
 host starts a new one and asks again.
 
 Sharding by pool group (``shards``): ``ShardedRayHost`` keeps one
@@ -19,6 +20,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from controlplane.scheduler.collector import collector_paused
 from controlplane.scheduler.core import schedule
 from controlplane.scheduler.shards import ShardWork, run_inline, run_shard, schedule_sharded
 from controlplane.scheduler.types import ClusterSnapshot, Decisions, PendingJob, Policy
@@ -50,7 +52,8 @@ class InlineHost:
         policy: Policy,
         now: float,
     ) -> Decisions:
-        return schedule(snapshot, tuple(pending), policy, now)
+        with collector_paused():
+            return schedule(snapshot, tuple(pending), policy, now)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -64,7 +67,8 @@ class SchedulerShard(InlineHost):
 
     def run(self, work: ShardWork) -> Decisions:
         """One pass of a sharded round on this shard's pools."""
-        return run_shard(work)
+        with collector_paused():
+            return run_shard(work)
 
 
 def shard_actor_name(shard_id: int, instance: str) -> str:
@@ -163,7 +167,8 @@ class ShardedInlineHost:
         policy: Policy,
         now: float,
     ) -> Decisions:
-        return schedule_sharded(snapshot, pending, policy, now, self.shards, run_inline)
+        with collector_paused():
+            return schedule_sharded(snapshot, pending, policy, now, self.shards, run_inline)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from controlplane.bench.naive import naive_first_fit
 from controlplane.bench.scheduler import TARGET_PLACEMENTS_PER_S, bench, curve
 from controlplane.bench.workload import bench_fleet, bench_queue
 from controlplane.cli.main import main
+from controlplane.scheduler.collector import collector_paused
 from controlplane.scheduler.core import schedule
 from controlplane.scheduler.types import ClusterSnapshot, Policy
 from tests.unit.builders import jobs, nodes
@@ -35,7 +37,7 @@ def test_naive_first_fit_fills_exactly_the_free_devices() -> None:
 def test_bench_report_fields() -> None:
     report = bench(nodes=40, jobs=300, rounds=2)
     assert (report["nodes"], report["devices"], report["pending_jobs"]) == (40, 320, 300)
-    for name in ("xinhe", "naive_first_fit"):
+    for name in ("xinhe", "xinhe_host", "naive_first_fit"):
         stats = report[name]
         assert stats["placements_per_round"] > 0
         assert 0 < stats["round_s_p50"] <= stats["round_s_p99"]
@@ -44,6 +46,7 @@ def test_bench_report_fields() -> None:
         assert stats["peak_rss_mb"] > 0
     core = schedule(bench_fleet(40), bench_queue(300), Policy(), 1_000_000.0)
     assert report["xinhe"]["placements_per_round"] == len(core.placements)
+    assert report["xinhe_host"]["placements_per_round"] == len(core.placements)
 
 
 def test_curve_on_tiny_sizes() -> None:
@@ -64,12 +67,13 @@ def test_full_size_meets_the_target() -> None:
     """10 000 placements/s (issue 3). The naive first-fit of the same run
     does ~15 000/s on the reference VM; on a slower or loaded machine the
     bar is the same ratio to it (0.6), so the check measures the core, not
-    the neighbours."""
+    the neighbours. Measured as the control plane runs a round: through a
+    host (the collector paused)."""
     report = bench(nodes=10_000, jobs=100_000, rounds=3)
     assert report["devices"] == 80_000
     naive = report["naive_first_fit"]["placements_per_s"]
     bar = min(TARGET_PLACEMENTS_PER_S, 0.6 * naive)
-    assert report["xinhe"]["placements_per_s"] >= bar
+    assert report["xinhe_host"]["placements_per_s"] >= bar
 
 
 def test_sharded_figures_are_ratios_against_the_unsharded_core() -> None:
@@ -83,3 +87,20 @@ def test_sharded_figures_are_ratios_against_the_unsharded_core() -> None:
     assert inline["placements_per_s_vs_unsharded"] > 0
     with pytest.raises(ValueError, match="--shards"):
         bench(nodes=4, jobs=4, shards=0)
+
+
+def test_the_collector_is_paused_for_a_hosted_round_and_resumed_after() -> None:
+    seen: list[bool] = []
+    with collector_paused():
+        seen.append(gc.isenabled())
+        with collector_paused():  # nested (another thread's round): still paused
+            seen.append(gc.isenabled())
+        seen.append(gc.isenabled())
+    assert seen == [False, False, False] and gc.isenabled()
+    gc.disable()  # someone else's choice outlives the pause
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
