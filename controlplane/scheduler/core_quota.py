@@ -26,6 +26,10 @@ class Admit(Enum):
     REFUSE = "refuse"
 
 
+# (charges when made, the group list, verdict per group, refusal)
+_Memo = tuple[int, Sequence[Group], dict[Group, Admit], str]
+
+
 class QuotaBook:
     """Quota usage of one round. ``active`` is False when no quota is set,
     so the hot path costs one attribute read."""
@@ -37,6 +41,11 @@ class QuotaBook:
             self.by_tenant.setdefault(quota.tenant, []).append(quota)
         self.active = bool(self.by_tenant)
         self.used: dict[tuple[str, str], int] = {}
+        # Verdicts only change when the tenant's usage does: per tenant, a
+        # count of charges, and per (tenant, devices, group list) the last
+        # verdicts with the count they were made at.
+        self._charges: dict[str, int] = {}
+        self._memo: dict[tuple[str, int, int], _Memo] = {}
         if self.active:
             family_of = {n.model: n.family for n in snapshot.nodes}
             for run in snapshot.running:
@@ -68,12 +77,20 @@ class QuotaBook:
         applies anywhere) and the refusal when every group refuses."""
         if not self.active or job.tenant not in self.by_tenant:
             return None, ""
-        need, first = job.replicas * job.devices_per_replica, ""
+        tenant, need = job.tenant, job.replicas * job.devices_per_replica
+        charges = self._charges.get(tenant, 0)
+        key = (tenant, need, id(groups))
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == charges and memo[1] is groups:
+            return memo[2], memo[3]  # shared: callers only read it
+        first = ""
         admits: dict[Group, Admit] = {}
         for group in groups:
-            admits[group], why = self.check(job.tenant, group.family, group.model, need)
+            admits[group], why = self.check(tenant, group.family, group.model, need)
             first = first or why
-        return admits, first if all(a is Admit.REFUSE for a in admits.values()) else ""
+        refusal_ = first if all(a is Admit.REFUSE for a in admits.values()) else ""
+        self._memo[key] = (charges, groups, admits, refusal_)
+        return admits, refusal_
 
     def borrows_only(self, job: PendingJob, groups: Sequence[Group]) -> bool:
         """Could ``job`` only borrow (no group within its nominal quota)?"""
@@ -88,6 +105,7 @@ class QuotaBook:
         for name in {q.family_or_model for q in self.matching(tenant, family, model)}:
             key = (tenant, name)
             self.used[key] = self.used.get(key, 0) + devices
+        self._charges[tenant] = self._charges.get(tenant, 0) + 1
 
 
 def refusal(quota: Quota, used: int) -> str:

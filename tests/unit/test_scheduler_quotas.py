@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controlplane.scheduler.core import schedule
+from controlplane.scheduler.core_fleet import build_groups
+from controlplane.scheduler.core_quota import Admit, QuotaBook
 from controlplane.scheduler.types import PendingJob, Policy, Quota, RunningView
 from tests.unit.builders import jobs, nodes, placed_ids, placement, snapshot, wait
 
@@ -162,3 +164,24 @@ def test_borrowers_go_after_nominal_work() -> None:
     assert wait(decisions, "lab-b-0").reason.startswith("waiting for capacity")
     alone = schedule(snapshot(nodes(1)), pending[:1], Policy(quotas=quotas), now=0.0)
     assert placed_ids(alone) == ["lab-b-0"] and alone.placements[0].borrowed
+
+
+def test_a_verdict_is_reused_only_until_the_tenant_is_charged() -> None:
+    """The per-round memo of quota verdicts: the same list of groups asked
+    twice gives the same verdicts; a charge of that tenant (a placement)
+    makes the next ask see the new usage, another tenant's does not."""
+    fleet = nodes(2, model="910B", family="ascend", devices=8)
+    book = QuotaBook((Quota("a", "ascend", 8, 4), Quota("b", "ascend", 8, 0)), snapshot(fleet))
+    groups = build_groups(fleet)
+    [job] = jobs("a", devices=8)
+    first, _ = book.admits(job, groups)
+    assert first is not None and set(first.values()) == {Admit.NOMINAL}
+    assert book.admits(job, groups)[0] is first  # memo: nothing changed
+    book.charge("b", "ascend", "910B", 8)
+    assert book.admits(job, groups)[0] is first  # another tenant's usage
+    book.charge("a", "ascend", "910B", 4)
+    again, _ = book.admits(job, groups)
+    assert set(again.values()) == {Admit.BORROW}  # 4 + 8 > 8 nominal, within 4 borrowed
+    book.charge("a", "ascend", "910B", 4)
+    refused, why = book.admits(job, groups)
+    assert set(refused.values()) == {Admit.REFUSE} and why.startswith("quota: tenant a uses 8/8")
