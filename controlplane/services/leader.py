@@ -178,9 +178,15 @@ class PostgresElector(PollingElector):
 
     def stop(self) -> None:
         """Stop campaigning; a leader steps down and releases the lock now,
-        so a follower takes over without waiting for a timeout."""
+        so a follower takes over at its next poll. The unlock is explicit:
+        closing the connection alone releases the lock only once the
+        server's backend has exited, a moment later."""
         self._halt()
+        leading = self._leading
         self._depose("stopping")
+        if leading and self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
         self._disconnect()
 
     def poll(self) -> None:

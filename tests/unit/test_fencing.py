@@ -5,6 +5,7 @@ nothing written. Real PostgreSQL, scratch schemas; electors stepped by hand."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -45,8 +46,15 @@ def replicas() -> Iterator[tuple[str, PostgresStore, PostgresStore]]:
 
 
 def elect(dsn: str, address: str) -> PostgresElector:
+    """A leader, elected by polling as a follower does: after the previous
+    leader's session died, PostgreSQL frees its lock once that backend has
+    exited, a moment after the connection closed."""
     elector = PostgresElector(dsn, address)
+    deadline = time.monotonic() + 5
     elector.poll()
+    while not elector.is_leader() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        elector.poll()
     assert elector.is_leader()
     return elector
 
