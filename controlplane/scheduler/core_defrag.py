@@ -4,6 +4,7 @@ free devices, but scattered over too many nodes.
 Contract (pure: no I/O, no clock, no globals; same input, same output)::
 
     propose_defrag(snapshot, running, job, knobs, now) -> tuple[MigrationProposal, ...]
+    first_defrag(snapshot, running, waiting, knobs, now) -> (job | None, plan)
 
 ``job`` is a waiting job (usually a gang). Its groups are walked fastest
 first (its own speed factors, else the chip profiles). In the first group
@@ -32,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from controlplane.scheduler.core_estimate import job_speed, speed_table
-from controlplane.scheduler.core_fleet import Group, build_groups, static_verdict
+from controlplane.scheduler.core_fleet import Group, build_groups, shape_key, static_verdict
 from controlplane.scheduler.core_migrate import (
     MigrationKnobs,
     MigrationProposal,
@@ -43,6 +44,8 @@ from controlplane.scheduler.types import ClusterSnapshot, PendingJob, ReplicaAss
 
 # A consolidating move may delay the moved job by this share of its remaining time.
 MAX_DELAY_SHARE = 0.1
+# Different waiting job kinds (shape, filters, speed) one call tries at most.
+MAX_KINDS = 256
 
 
 @dataclass
@@ -64,10 +67,51 @@ def propose_defrag(
     """Moves that let ``job``'s gang fit in its fastest fragmented group
     (see module doc); () when it fits somewhere better already, or no plan
     within the knobs makes it fit."""
-    if not knobs.enabled or knobs.max_per_round <= 0 or job.devices_per_replica <= 0:
-        return ()
+    return first_defrag(snapshot, running, [job], knobs, now, max_delay_share)[1]
+
+
+def first_defrag(
+    snapshot: ClusterSnapshot,
+    running: Sequence[RunningJob],
+    waiting: Sequence[PendingJob],
+    knobs: MigrationKnobs,
+    now: float,
+    max_delay_share: float = MAX_DELAY_SHARE,
+    max_kinds: int = MAX_KINDS,
+) -> tuple[PendingJob | None, tuple[MigrationProposal, ...]]:
+    """``propose_defrag`` for the first of ``waiting`` (queue order) that a
+    plan lets fit, and that plan; (None, ()) when none does. The fleet is
+    grouped once; jobs that would get the same answer as one tried before
+    (same shape, filters and speed factors) are skipped, and at most
+    ``max_kinds`` different ones are tried, so a long queue costs little."""
+    if not knobs.enabled or knobs.max_per_round <= 0 or not running:
+        return None, ()
     speeds = speed_table(snapshot)
-    groups = sorted(static_verdict(build_groups(snapshot.nodes), job).groups,
+    all_groups = build_groups(snapshot.nodes)
+    movable: dict[tuple[str, str], list[RunningJob]] = {}
+    for run in running:
+        if len(run.nodes) == 1 and _cheap_to_move(run, knobs, now, speeds, max_delay_share):
+            movable.setdefault((run.pool, run.model), []).append(run)
+    tried: set[tuple[object, ...]] = set()
+    for job in waiting:
+        if job.devices_per_replica <= 0:
+            continue
+        kind = (shape_key(job), job.speed)
+        if kind in tried:
+            continue
+        if len(tried) >= max_kinds:
+            break
+        tried.add(kind)
+        plan = _for_job(all_groups, movable, job, knobs, speeds)
+        if plan:
+            return job, plan
+    return None, ()
+
+
+def _for_job(all_groups: Sequence[Group], movable: dict[tuple[str, str], list[RunningJob]],
+             job: PendingJob, knobs: MigrationKnobs, speeds: dict[str, float],
+             ) -> tuple[MigrationProposal, ...]:
+    groups = sorted(static_verdict(all_groups, job).groups,
                     key=lambda g: (-job_speed(job, g.model, speeds), g.key))
     need = job.replicas * job.devices_per_replica
     for group in groups:
@@ -76,23 +120,21 @@ def propose_defrag(
             continue  # too few free devices however they were arranged
         if ledger.slot_bound(job.devices_per_replica) >= job.replicas:
             return ()  # it fits here now: nothing to make room for
-        plan = _plan(group, running, job, knobs, now, speeds, max_delay_share)
+        plan = _plan(group, movable.get((group.pool, group.model), ()), job, knobs, speeds)
         if plan:
             return plan
     return ()
 
 
-def _plan(group: Group, running: Sequence[RunningJob], job: PendingJob,
-          knobs: MigrationKnobs, now: float, speeds: dict[str, float],
-          max_delay_share: float) -> tuple[MigrationProposal, ...]:
+def _plan(group: Group, movable: Sequence[RunningJob], job: PendingJob,
+          knobs: MigrationKnobs, speeds: dict[str, float]) -> tuple[MigrationProposal, ...]:
+    """The group's plan; ``movable``: its jobs that may move (one node each)."""
     d = job.devices_per_replica
     nodes = {v.name: _Node(v.name, sorted(v.free_devices))
              for v in group.views if v.schedulable}
-    for run in running:
-        if (run.pool, run.model) != (group.pool, group.model) or len(run.nodes) != 1:
-            continue
+    for run in movable:
         node = nodes.get(run.nodes[0][0])
-        if node is not None and _cheap_to_move(run, knobs, now, speeds, max_delay_share):
+        if node is not None:
             node.jobs = (*node.jobs, run)
     out: list[MigrationProposal] = []
     while _slots(nodes.values(), d) < job.replicas:

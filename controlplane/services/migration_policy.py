@@ -61,7 +61,7 @@ from typing import Any
 from controlplane.api.errors import DomainError
 from controlplane.model import states
 from controlplane.scheduler.core import order_queue
-from controlplane.scheduler.core_defrag import propose_defrag
+from controlplane.scheduler.core_defrag import first_defrag
 from controlplane.scheduler.core_estimate import job_speed, speed_table
 from controlplane.scheduler.core_migrate import (
     MigrationKnobs,
@@ -161,6 +161,10 @@ def parse_migration(value: Any) -> MigrationPolicy:
     return MigrationPolicy(**changes)
 
 
+# The fleet as a snapshot, and the running checkpointable jobs.
+_View = tuple[ClusterSnapshot, list[RunningJob]]
+
+
 class PolicyMigrations:
     """Evaluates the migration policy after scheduling rounds."""
 
@@ -183,26 +187,31 @@ class PolicyMigrations:
         if self._evaluated_at is not None and now - self._evaluated_at < cfg.min_interval_s:
             return []
         self._evaluated_at = now
-        plan = self.consolidate(now)
+        view = self._view(now)
+        if view is None:
+            return []
+        plan = self.consolidate(now, view)
         if plan:  # a round that consolidates makes no other move (as the simulator)
             return [p.job_id for p in plan
                     if self._start(p, now, Target(NODE, f"{p.target_pool}:{p.replicas[0].node}"))]
-        proposals = self.propose(now)
+        proposals = self.propose(now, view)
         return [p.job_id for p in proposals
                 if self._start(p, now, Target(MODEL, p.target_model))]
 
-    def propose(self, now: float) -> tuple[MigrationProposal, ...]:
-        """What the core proposes for the fleet and running jobs as they are."""
-        view = self._view(now)
+    def propose(self, now: float, view: _View | None = None) -> tuple[MigrationProposal, ...]:
+        """What the core proposes for the fleet and running jobs as they are
+        (``view``: already read this evaluation)."""
+        view = view or self._view(now)
         if view is None:
             return ()
         snap, runs = view
         return propose_migrations(snap, runs, self.config.knobs(), now)
 
-    def consolidate(self, now: float) -> tuple[MigrationProposal, ...]:
-        """Consolidating moves (``core_defrag``) for the first queued job, in
-        queue order, whose pool has the devices it waits for but scattered
-        over too many nodes; each moves a job to one node of its own pool."""
+    def consolidate(self, now: float, view: _View) -> tuple[MigrationProposal, ...]:
+        """Consolidating moves (``core_defrag.first_defrag``) for the first
+        queued job, in queue order, whose pool has the devices it waits for
+        but scattered over too many nodes; each moves a job to one node of
+        its own pool."""
         if self.ctx.pending is None:
             return ()
         with self.ctx.lock:
@@ -212,18 +221,10 @@ class PolicyMigrations:
                   and not reasons.get(job.job_id, "").startswith("unschedulable")]
         if not queued:
             return ()
-        view = self._view(now)
-        if view is None:
-            return ()
         snap, runs = view
-        knobs = self.config.knobs()
-        for job in queued:
-            plan = propose_defrag(snap, runs, job, knobs, now)
-            if plan:
-                return plan
-        return ()
+        return first_defrag(snap, runs, queued, self.config.knobs(), now)[1]
 
-    def _view(self, now: float) -> tuple[ClusterSnapshot, list[RunningJob]] | None:
+    def _view(self, now: float) -> _View | None:
         """The fleet's free devices and the running checkpointable jobs."""
         ctx = self.ctx
         with ctx.lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from controlplane.scheduler.core_defrag import propose_defrag
+from controlplane.scheduler.core_defrag import first_defrag
 from controlplane.scheduler.core_migrate import (
     MigrationKnobs,
     RunningJob,
@@ -52,13 +52,9 @@ def defrag_moves(view: RoundView, placed: Sequence[SimPlacement],
     snapshot = ClusterSnapshot(nodes=view.cluster.node_views(free),
                                model_speed=view.physics.model_speeds())
     runs = [migration_view(run, view) for run in view.running]
-    for job in waiting:
-        if job.replicas * job.devices_per_replica <= 1:
-            continue  # one device fits wherever one is free
-        plan = propose_defrag(snapshot, runs, job, knobs, view.now)
-        if plan:
-            return tuple(view.on_devices(p.job_id, p.replicas) for p in plan)
-    return ()
+    gangs = [job for job in waiting if job.replicas * job.devices_per_replica > 1]
+    _, plan = first_defrag(snapshot, runs, gangs, knobs, view.now)
+    return tuple(view.on_devices(p.job_id, p.replicas) for p in plan)
 
 
 def _left_free(view: RoundView, placed: Sequence[SimPlacement]) -> list[int]:

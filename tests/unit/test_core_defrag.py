@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controlplane.scheduler.core import schedule
-from controlplane.scheduler.core_defrag import propose_defrag
+from controlplane.scheduler.core_defrag import first_defrag, propose_defrag
 from controlplane.scheduler.core_migrate import MigrationKnobs, RunningJob
 from controlplane.scheduler.types import NodeView, Policy
 from tests.unit.builders import jobs, nodes, placed_ids, snapshot
@@ -142,3 +142,15 @@ def test_a_plan_makes_the_gang_fit_and_books_each_free_device_once(
         count[replica.node] -= n
         count[source] += n
     assert sum(c // dpr for c in count.values()) >= replicas
+
+
+def test_the_first_waiting_job_a_plan_helps_gets_it() -> None:
+    fleet = half_full()
+    runs = [on_node("a", "p-000"), on_node("b", "p-001")]
+    big = replace(gang(replicas=2), job_id="big")  # 16 devices: never from 8 free
+    small = gang()
+    job, (move,) = first_defrag(snapshot(fleet), runs, [big, big, small], ON, NOW)
+    assert job is small and move.job_id == "a"
+    # At most max_kinds different jobs are tried: the big one (twice, one kind) only.
+    assert first_defrag(snapshot(fleet), runs, [big, big, small], ON, NOW,
+                        max_kinds=1) == (None, ())
