@@ -173,25 +173,28 @@ def _slots(nodes: Iterable[_Node], d: int) -> int:
 
 def _spare(node: _Node, d: int) -> int:
     """Free devices on ``node`` beyond its whole replica slots (usable by a
-    move without costing the gang a slot)."""
-    return (len(node.free) + node.freed) % d if len(node.free) else 0
+    move without costing the gang a slot; never more than are free now)."""
+    return min((len(node.free) + node.freed) % d, len(node.free))
 
 
 def _cheapest_step(nodes: dict[str, _Node], d: int
                    ) -> tuple[_Node, list[tuple[RunningJob, _Node]]] | None:
     """The node that gains one replica slot for the fewest moves (then
-    moved devices), with a destination for each job moved off it; None
-    when none can."""
-    best: tuple[tuple[int, int, str], _Node, list[tuple[RunningJob, _Node]]] | None = None
+    moved devices, then name), with a destination for each job moved off
+    it; None when none can. Candidates are tried cheapest first, so the
+    destinations are searched only until one works."""
+    candidates = []
     for node in nodes.values():
-        deficit = d - (len(node.free) + node.freed) % d
-        picked = _cover(node.jobs, deficit)
-        if picked is None:
-            continue
-        cost = (len(picked), sum(j.devices_per_replica for j in picked), node.name)
-        if best is not None and cost >= best[0]:
-            continue
-        spare = {n.name: min(_spare(n, d), len(n.free)) for n in nodes.values() if n is not node}
+        picked = _cover(node.jobs, d - (len(node.free) + node.freed) % d)
+        if picked is not None:
+            cost = (len(picked), sum(j.devices_per_replica for j in picked), node.name)
+            candidates.append((cost, node, picked))
+    if not candidates:
+        return None
+    spare_now = {n.name: _spare(n, d) for n in nodes.values()}
+    for _, node, picked in sorted(candidates, key=lambda c: c[0]):
+        spare = dict(spare_now)
+        del spare[node.name]  # not onto the node being cleared
         placed = []
         for run in sorted(picked, key=lambda j: (-j.devices_per_replica, j.job_id)):
             fits = [(s, name) for name, s in spare.items() if s >= run.devices_per_replica]
@@ -201,8 +204,8 @@ def _cheapest_step(nodes: dict[str, _Node], d: int
             spare[name] -= run.devices_per_replica
             placed.append((run, nodes[name]))
         if len(placed) == len(picked):
-            best = (cost, node, placed)
-    return None if best is None else (best[1], best[2])
+            return node, placed
+    return None
 
 
 def _cover(jobs: Sequence[RunningJob], deficit: int) -> list[RunningJob] | None:

@@ -23,9 +23,12 @@ from controlplane.sim.state import RoundView, SimPlacement
 from controlplane.sim.state import RunningJob as SimRunning
 
 
-def migrations(view: RoundView, placed: Sequence[SimPlacement],
-               knobs: MigrationKnobs) -> tuple[SimPlacement, ...]:
-    """Moves worth making after ``placed`` started, in the engine's terms."""
+def migrations(view: RoundView, placed: Sequence[SimPlacement], knobs: MigrationKnobs,
+               waiting: Sequence[PendingJob] = ()) -> tuple[SimPlacement, ...]:
+    """Moves worth making after ``placed`` started, in the engine's terms:
+    consolidating moves (``core_defrag``) for the first of ``waiting`` (queue
+    order) that a plan lets fit, else moves to faster free chips. The fleet
+    and the running jobs are described to the core once for both."""
     if not knobs.enabled or not view.running:
         return ()
     free = list(view.cluster.free)
@@ -37,32 +40,11 @@ def migrations(view: RoundView, placed: Sequence[SimPlacement],
     snapshot = ClusterSnapshot(nodes=view.cluster.node_views(free),
                                model_speed=view.physics.model_speeds())
     runs = [migration_view(run, view) for run in view.running]
-    proposals = propose_migrations(snapshot, runs, knobs, view.now)
-    return tuple(view.on_devices(p.job_id, p.replicas) for p in proposals)
-
-
-def defrag_moves(view: RoundView, placed: Sequence[SimPlacement],
-                 waiting: Sequence[PendingJob], knobs: MigrationKnobs,
-                 ) -> tuple[SimPlacement, ...]:
-    """Consolidating moves (``core_defrag``) for the first waiting job, in
-    queue order, that a plan lets fit, on what ``placed`` left free."""
-    if not knobs.enabled or not view.running or not waiting:
-        return ()
-    free = _left_free(view, placed)
-    snapshot = ClusterSnapshot(nodes=view.cluster.node_views(free),
-                               model_speed=view.physics.model_speeds())
-    runs = [migration_view(run, view) for run in view.running]
     gangs = [job for job in waiting if job.replicas * job.devices_per_replica > 1]
-    _, plan = first_defrag(snapshot, runs, gangs, knobs, view.now)
-    return tuple(view.on_devices(p.job_id, p.replicas) for p in plan)
-
-
-def _left_free(view: RoundView, placed: Sequence[SimPlacement]) -> list[int]:
-    free = list(view.cluster.free)
-    for placement in placed:
-        for node, count in placement.devices:
-            free[node] -= count
-    return free
+    _, proposals = first_defrag(snapshot, runs, gangs, knobs, view.now)
+    if not proposals:
+        proposals = propose_migrations(snapshot, runs, knobs, view.now)
+    return tuple(view.on_devices(p.job_id, p.replicas) for p in proposals)
 
 
 def migration_view(run: SimRunning, view: RoundView) -> RunningJob:

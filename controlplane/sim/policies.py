@@ -35,7 +35,7 @@ from controlplane.scheduler.core import schedule
 from controlplane.scheduler.core_migrate import MigrationKnobs
 from controlplane.scheduler.types import PendingJob, Policy
 from controlplane.sim.fleet import Pool
-from controlplane.sim.migrate import defrag_moves, migrations
+from controlplane.sim.migrate import migrations
 from controlplane.sim.speeds import Physics, fits
 from controlplane.sim.state import (
     Cluster,
@@ -68,14 +68,13 @@ class XinheCorePolicy:
         decisions = schedule(view.snapshot(), pending, self.core_policy(view), view.now)
         placed = tuple(view.placement(d) for d in decisions.placements)
         preempted = tuple(p.job_id for p in decisions.preemptions)
-        moving: tuple[SimPlacement, ...] = ()
-        if not preempted and self.defrag:
-            waiting = {w.job_id for w in decisions.waiting if not w.never_fits}
-            moving = defrag_moves(view, placed, [p for p in pending if p.job_id in waiting],
-                                  self.migration)
-        if not preempted and not moving:
-            moving = migrations(view, placed, self.migration)
-        return RoundResult(placed, preempted, moving)
+        if preempted:
+            return RoundResult(placed, preempted)
+        waiting: list[PendingJob] = []
+        if self.defrag:
+            ids = {w.job_id for w in decisions.waiting if not w.never_fits}
+            waiting = [p for p in pending if p.job_id in ids]
+        return RoundResult(placed, preempted, migrations(view, placed, self.migration, waiting))
 
     def pending(self, queued: QueuedJob, physics: Physics) -> PendingJob:
         return pending_job(queued)
