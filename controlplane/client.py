@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 
@@ -84,7 +85,8 @@ class XinheClient:
     def __init__(self, target: str | None = None, token: str | None = None,
                  timeout: float = 30.0, *, tls_ca: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None,
-                 failover_wait_s: float = 10.0) -> None:
+                 failover_wait_s: float = 10.0,
+                 channel_options: Sequence[tuple[str, Any]] = ()) -> None:
         """``tls_ca`` (PEM) turns on TLS and verifies the server with it;
         ``tls_cert``/``tls_key`` are this client's certificate for mutual TLS.
         Bad TLS files raise controlplane.api.tls.TLSError here, not per call."""
@@ -94,13 +96,15 @@ class XinheClient:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
         self.failover_wait_s = failover_wait_s
+        self._channel_options = tuple(channel_options)
         self._channels: dict[str, grpc.Channel] = {}
         self._use(self.targets[0])
 
     def _use(self, address: str) -> None:
         """Make ``address`` the current one (its channel kept for reuse)."""
         if address not in self._channels:
-            self._channels[address] = make_channel(address, self._credentials)
+            self._channels[address] = make_channel(address, self._credentials,
+                                                   self._channel_options)
         self.current = address
         self._channel = self._channels[address]
         self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane.api.errors import MalformedRequests
+from controlplane.api.frontends import FrontEnds
 from controlplane.api.leader_gate import LeaderGate
 from controlplane.api.servicers import AdminServicer, AgentServicer, JobServicer
 from controlplane.api.tls import server_credentials
@@ -73,6 +74,19 @@ def make_host(settings: ServerSettings) -> SchedulerHost:
     raise ValueError(f"unknown scheduler host {settings.scheduler!r} (ray or inline)")
 
 
+def _frontends(settings: ServerSettings) -> FrontEnds:
+    """API front ends for ``settings`` (same limits and TLS as this process)."""
+    args = ["--max-workers", str(settings.max_workers),
+            "--max-message-bytes", str(settings.max_message_bytes),
+            "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel())]
+    for flag, value in (("--tls-cert", settings.tls_cert_file),
+                        ("--tls-key", settings.tls_key_file),
+                        ("--tls-ca", settings.tls_ca_file)):
+        if value:
+            args += [flag, str(value)]
+    return FrontEnds(settings.api_workers, settings.listen, args)
+
+
 class ControlPlane:
     """A running control plane; ``stop()`` shuts it down gracefully."""
 
@@ -116,8 +130,14 @@ class ControlPlane:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = (self.server.add_secure_port(settings.listen, credentials) if credentials
-                     else self.server.add_insecure_port(settings.listen))
+        self.frontends = _frontends(settings) if settings.api_workers else None
+        if self.frontends is not None:  # they serve the port; this process their socket
+            if self.server.add_insecure_port(self.frontends.upstream) == 0:
+                raise OSError(f"cannot listen on {self.frontends.upstream}")
+            self.port = self.frontends.port
+        else:
+            self.port = (self.server.add_secure_port(settings.listen, credentials)
+                         if credentials else self.server.add_insecure_port(settings.listen))
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.listen}")
         self.elector.address = settings.advertise_address or self.address
@@ -130,6 +150,8 @@ class ControlPlane:
     def start(self) -> None:
         """Serve health at once; serve the Xinhe services once elected."""
         self.server.start()
+        if self.frontends is not None:
+            self.frontends.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._set_service_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.elector.start(self._on_elected, self._on_deposed)
@@ -168,6 +190,8 @@ class ControlPlane:
         self.metrics.set_ready(False)
         self.elector.stop()
         self.controller.stop()
+        if self.frontends is not None:
+            self.frontends.stop()
         self.server.stop(grace).wait()
         self.controller.agents.logs.close()  # write buffered agent output
         self.host.close()

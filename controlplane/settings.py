@@ -48,6 +48,11 @@ class ServerSettings:
     auth_token: str = ""
     # gRPC worker threads.
     max_workers: int = 64
+    # API front-end processes sharing the public port (SO_REUSEPORT), each
+    # forwarding to this process over a private Unix socket and batching
+    # concurrent SubmitJob calls (controlplane/api/frontends.py): more cores
+    # for gRPC work. 0 = this process serves the port itself.
+    api_workers: int = 0
     # Optional chip catalogue file replacing the packaged one.
     catalogue_path: str = ""
     # Optional scheduling policy YAML (quotas, fair share, preemption; see

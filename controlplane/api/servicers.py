@@ -8,6 +8,7 @@ import grpc
 
 from controlplane.api.auth import Guard
 from controlplane.api.errors import streaming, unary
+from controlplane.api.submit_coalescer import from_front_end, item_message
 from controlplane.services.admin import AdminService
 from controlplane.services.auth import Authenticator
 from controlplane.services.controller import Controller
@@ -37,11 +38,16 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     @unary
     def SubmitJobs(self, request, context):
-        who = self.guard(context, "SubmitJobs")
+        # SubmitJob calls a front end batched are audited as what they were.
+        single = from_front_end(context)
+        method = "SubmitJob" if single else "SubmitJobs"
+        who = self.guard(context, method)
         outcomes = submit_many(self.jobs, request.requests, who.tenant_scope)
         for item, outcome in zip(request.requests, outcomes, strict=True):
             if outcome.code == grpc.StatusCode.PERMISSION_DENIED:  # audited like SubmitJob
-                self.guard.auth.denied(who, "SubmitJobs", item.spec.queue, outcome.message)
+                self.guard.auth.denied(who, method, item.spec.queue,
+                                       item_message(outcome.message) if single
+                                       else outcome.message)
         return jobs_pb2.SubmitJobsResponse(results=[
             jobs_pb2.SubmitJobResult(job=o.job, created=o.created, error_code=o.code.value[0],
                                      error_message=o.message) for o in outcomes])

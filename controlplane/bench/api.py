@@ -265,17 +265,19 @@ def soak(client: XinheClient, jobs: int, clients: int,
 
 def bench_api(*, clients: int = 4, threads: int = 4, duration_s: float = 10.0, agents: int = 4,
               latency_jobs: int = 50, get_every: int = 5, soak_jobs: int = 0,
-              root: Path | None = None, batch: int = 1) -> dict[str, Any]:
+              root: Path | None = None, batch: int = 1,
+              api_workers: int = 0) -> dict[str, Any]:
     """Run the benchmark; returns the JSON report (see the module doc)."""
     with tempfile.TemporaryDirectory(prefix="xinhe-bench-api-") as tmp:
         base = Path(root or tmp)
         fleet = LocalFleet(base, _soak_agents(agents) if soak_jobs else _agents(agents),
-                           scheduler="inline", server_args=list(SERVER_ARGS),
+                           scheduler="inline",
+                           server_args=[*SERVER_ARGS, "--api-workers", str(api_workers)],
                            server_env=_soak_server_env(agents) if soak_jobs else None)
         report: dict[str, Any] = {"setup": {"clients": clients, "threads_per_client": threads,
                                             "duration_s": duration_s, "agents": agents,
                                             "store": "sqlite", "scheduler": "inline",
-                                            "batch": batch}}
+                                            "batch": batch, "api_workers": api_workers}}
         with fleet, XinheClient(fleet.address, timeout=60) as client:
             client.wait_ready(60)
             _wait(lambda: _ready(client, agents), 60 + 2.0 * agents, f"{agents} agents")

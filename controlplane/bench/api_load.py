@@ -26,6 +26,10 @@ from xinhe.v1 import common_pb2
 
 # Longest wait for every client thread to connect before the clock starts.
 READY_TIMEOUT_S = 120.0
+# Each thread is a caller with its own connection (gRPC would otherwise share
+# one per process), as callers on many hosts would be: with API front ends
+# the kernel spreads connections, not calls.
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def _load_thread(plan: LoadPlan, tenant: str, prefix: str, gate: tuple[Any, Any]
                  out: ClientResult, lock: threading.Lock) -> None:
     ready, go = gate
     spec = bench_spec(tenant)
-    with XinheClient(plan.address, timeout=30) as client:
+    with XinheClient(plan.address, timeout=30, channel_options=OWN_CONNECTION) as client:
         client.wait_ready(60)
         ready.put(prefix)
         if not go.wait(READY_TIMEOUT_S + 30):

@@ -43,6 +43,8 @@ def register_api(what: argparse._SubParsersAction) -> None:
     a.add_argument("--batch", type=int, default=1,
                    help="items per SubmitJobs call: > 1 also runs the load with batched calls "
                         "and reports both (default 1: SubmitJob only)")
+    a.add_argument("--api-workers", type=int, default=0,
+                   help="the server's --api-workers (API front-end processes; default 0)")
     a.add_argument("--soak", action="store_true",
                    help="instead of timed load: run --soak-jobs jobs through --agents to the "
                         "end (defaults 100000 jobs, 200 agents; takes long)")
@@ -59,6 +61,8 @@ def run_api(args: argparse.Namespace) -> int:
     if min(args.clients, args.threads, args.agents) < 1 or args.duration <= 0:
         raise SystemExit("xinhe bench api: --clients, --threads, --agents must be >= 1 "
                          "and --duration > 0")
+    if args.api_workers < 0:
+        raise SystemExit("xinhe bench api: --api-workers must be >= 0")
     if not 1 <= args.batch <= MAX_ITEMS:
         raise SystemExit(f"xinhe bench api: --batch must be 1 to {MAX_ITEMS}")
     soaking = args.soak or args.soak_jobs is not None
@@ -68,7 +72,8 @@ def run_api(args: argparse.Namespace) -> int:
     agents = 200 if soaking and args.agents == 4 else args.agents
     report = bench_api(clients=args.clients, threads=args.threads, duration_s=args.duration,
                        agents=agents, latency_jobs=args.latency_jobs,
-                       soak_jobs=soak_jobs if soaking else 0, batch=args.batch)
+                       soak_jobs=soak_jobs if soaking else 0, batch=args.batch,
+                       api_workers=args.api_workers)
     print(json.dumps(report, indent=2))
     targets = report["targets"]
     # A soak also fails when a job did not run exactly once.

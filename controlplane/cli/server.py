@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds between rounds while jobs wait (coalesces bursts; 0.02)")
     p.add_argument("--stop-grace", type=float, dest="stop_grace_s")
     p.add_argument("--auth-token", help="require this bearer token on every call")
+    p.add_argument("--api-workers", type=non_negative_int, dest="api_workers",
+                   help="API front-end processes sharing the port, batching SubmitJob "
+                        "calls (default 0 = serve the port in this process)")
     p.add_argument("--catalogue", dest="catalogue_path", help="chip catalogue YAML")
     p.add_argument("--policy", dest="policy_path",
                    help="scheduling policy YAML: quotas, fair share, preemption")
@@ -70,6 +73,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (a clear usage error otherwise)."""
     try:
@@ -92,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         node_lost_timeout_s=args.node_lost_timeout_s,
         schedule_interval_s=args.schedule_interval_s, stop_grace_s=args.stop_grace_s,
         schedule_min_gap_s=args.schedule_min_gap_s,
-        auth_token=args.auth_token, catalogue_path=args.catalogue_path,
+        auth_token=args.auth_token, api_workers=args.api_workers,
+        catalogue_path=args.catalogue_path,
         policy_path=args.policy_path,
         metrics_port=args.metrics_port,
         submit_rate_per_tenant=args.submit_rate_per_tenant,

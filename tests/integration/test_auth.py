@@ -68,16 +68,20 @@ class Secured:
             c.close()
 
 
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+# Every rule holds the same when API front ends serve the port (they forward
+# calls, tokens included, and batch SubmitJob; controlplane/api/frontend.py).
+@pytest.fixture(scope="module", params=["direct", "front-ends"])
+def secured(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     root = tmp_path_factory.mktemp("auth")
+    extra = ["--api-workers", "2"] if request.param == "front-ends" else []
     data_dir = root / "data"
     tokens = {role: new_token(data_dir, kind, tenant) for role, kind, tenant in (
         ("admin", "admin", ""), ("lab-a", "tenant", "lab-a"), ("lab-b", "tenant", "lab-b"),
         ("agent", "agent", ""))}
     agent = AgentSpec("auth-h100", "h100", "east", ("H100:8",),
                       extra=("--token", tokens["agent"][1]))
-    with LocalFleet(root, [agent], scheduler="inline", server_args=FAST) as fleet:
+    with LocalFleet(root, [agent], scheduler="inline", server_args=[*FAST, *extra]) as fleet:
         env = Secured(fleet, tokens)
         wait_ready_nodes(env.client("admin"), 1)
         yield env
