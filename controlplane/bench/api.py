@@ -39,7 +39,14 @@ from typing import Any
 
 import grpc
 
-from controlplane.bench.api_load import LoadPlan, bench_spec, run_load, summarise
+from controlplane.bench.api_load import (
+    ClientResult,
+    LoadPlan,
+    bench_spec,
+    run_load,
+    summarise,
+)
+from controlplane.bench.procs import child_pids, cpu_s
 from controlplane.bench.scheduler import nearest_rank
 from controlplane.client import XinheClient
 from controlplane.localfleet import AgentSpec, LocalFleet
@@ -299,7 +306,8 @@ def bench_api(*, clients: int = 4, threads: int = 4, duration_s: float = 10.0, a
                 for node in client.nodes():
                     client.cordon(node.name, "bench api: measure the API, not launches")
                 plan = LoadPlan(fleet.address, clients, threads, duration_s, get_every)
-                acked, tenants = timed_loads(plan, batch, report)
+                acked, tenants = timed_loads(plan, batch, report,
+                                             fleet.server.pid if fleet.server else None)
             report["server_memory"] = vm_kib(fleet.server.pid) if fleet.server else {}
         report["verification"] = verify(base / "data" / "xinhe.db", acked, tenants)
         if soak_jobs:
@@ -308,20 +316,46 @@ def bench_api(*, clients: int = 4, threads: int = 4, duration_s: float = 10.0, a
     return report
 
 
-def timed_loads(plan: LoadPlan, batch: int,
-                report: dict[str, Any]) -> tuple[list[tuple[str, str]], set[str]]:
+def cpu_snapshot(server_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far of the control-plane process and of its API front
+    ends (its children)."""
+    if not server_pid:
+        return {}
+    return {"control_plane": cpu_s(server_pid),
+            "front_ends": sum(cpu_s(p) for p in child_pids(server_pid))}
+
+
+def cpu_per_submission(before: dict[str, float], after: dict[str, float],
+                       results: list[ClientResult], submissions: int) -> dict[str, float]:
+    """CPU milliseconds per acknowledged submission of each kind of process
+    over a load: server side from /proc around it (front ends replaced
+    meanwhile are not counted), clients as each measured its own from the
+    start signal (their start-up excluded), and all together."""
+    n = max(submissions, 1)
+    out = {k: round((after[k] - before.get(k, 0.0)) * 1000 / n, 3) for k in after}
+    out["clients"] = round(sum(r.cpu_s for r in results) * 1000 / n, 3)
+    out["total"] = round(sum(out.values()), 3)
+    return out
+
+
+def timed_loads(plan: LoadPlan, batch: int, report: dict[str, Any],
+                server_pid: int | None = None) -> tuple[list[tuple[str, str]], set[str]]:
     """The single-call load (``load``) and, with ``batch`` > 1, the batched
     one (``load_batched``, tenants batch0...) and their ratios
     (``batched_vs_single``); returns every acknowledged (key, id) and the
-    tenants used."""
+    tenants used. Each load reports the CPU it cost per submission
+    (``cpu_snapshot``)."""
     plans = [plan]
     if batch > 1:
         plans.append(replace(plan, batch=batch, tenant_prefix="batch"))
     acked: list[tuple[str, str]] = []
     for each in plans:
+        before = cpu_snapshot(server_pid)
         results, wall = run_load(each)
-        report["load" if each.batch == 1 else "load_batched"] = summarise(results, wall,
-                                                                          each.batch)
+        summary = summarise(results, wall, each.batch)
+        summary["cpu_ms_per_submission"] = cpu_per_submission(
+            before, cpu_snapshot(server_pid), results, summary["submissions"])
+        report["load" if each.batch == 1 else "load_batched"] = summary
         acked += [a for r in results for a in r.acked]
     if batch > 1:
         report["batched_vs_single"] = ratios(report["load"], report["load_batched"])

@@ -58,6 +58,7 @@ class ClientResult:
     errors: list[str] = field(default_factory=list)
     first: float = float("inf")  # wall time of the first call sent
     last: float = 0.0  # wall time of the last answer
+    cpu_s: float = 0.0  # CPU of the process (all threads) from the start signal to its end
 
 
 def bench_spec(tenant: str) -> common_pb2.JobSpec:
@@ -132,8 +133,11 @@ def load_process(plan: LoadPlan, tenant: str, gate: tuple[Any, Any]) -> ClientRe
         plan, tenant, f"{tenant}-t{t}", gate, out, lock)) for t in range(plan.threads)]
     for w in workers:
         w.start()
+    gate[1].wait(READY_TIMEOUT_S + 30)
+    cpu = time.process_time()  # the load's own CPU: not the start-up and imports
     for w in workers:
         w.join()
+    out.cpu_s = time.process_time() - cpu
     return out
 
 

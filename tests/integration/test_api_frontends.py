@@ -12,12 +12,12 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from controlplane.bench.api_load import OWN_CONNECTION
+from controlplane.bench.procs import alive, child_pids
 from controlplane.client import XinheClient
 from controlplane.localfleet import AgentSpec, LocalFleet
 from controlplane.model import states
@@ -35,30 +35,6 @@ Code = grpc.StatusCode
 WORKERS = 2
 
 
-def children(pid: int) -> set[int]:
-    """Live child processes of ``pid`` (Linux /proc)."""
-    out = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.add(int(entry.name))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     root = tmp_path_factory.mktemp("frontends")
@@ -72,7 +48,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
 
 def test_the_server_listens_only_through_its_front_ends(fleet: LocalFleet) -> None:
     assert fleet.server is not None
-    assert len(children(fleet.server.pid)) == WORKERS
+    assert len(child_pids(fleet.server.pid)) == WORKERS
 
 
 def test_concurrent_submissions_are_each_stored_once(fleet: LocalFleet) -> None:
@@ -196,11 +172,11 @@ def test_a_dead_front_end_is_replaced_and_all_leave_with_the_server(
     with small:
         assert small.server is not None
         server = small.server.pid
-        first = children(server)
+        first = child_pids(server)
         assert len(first) == WORKERS
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(children(server)) == WORKERS and victim not in children(server),
+        wait_for(lambda: len(child_pids(server)) == WORKERS and victim not in child_pids(server),
                  30, "a new front end")
         with XinheClient(small.address, timeout=10) as c:
             for i in range(10):  # each on a fresh connection: any front end answers
@@ -208,7 +184,7 @@ def test_a_dead_front_end_is_replaced_and_all_leave_with_the_server(
                                  channel_options=OWN_CONNECTION) as fresh:
                     fresh.submit(train_spec(f"k{i}"), client_key=f"k-{i}")
             assert len([j for j in c.list() if j.client_key.startswith("k-")]) == 10
-        fronts = children(server)
+        fronts = child_pids(server)
         os.kill(server, signal.SIGKILL)
         started = time.monotonic()
         wait_for(lambda: not any(alive(p) for p in fronts), 10,

@@ -108,14 +108,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                ca.issue("agent", server=False), other.issue("mallory", server=False))
 
 
-def _tls_fleet(root: Path, pki: Pki, *, mutual: bool) -> LocalFleet:
+def _tls_fleet(root: Path, pki: Pki, *, mutual: bool, extra: tuple[str, ...] = ()) -> LocalFleet:
     server_args = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
     agent_args = ["--tls-ca", str(pki.ca.path)]
     if mutual:
         server_args += ["--tls-ca", str(pki.ca.path)]
         agent_args += ["--tls-cert", str(pki.agent.cert), "--tls-key", str(pki.agent.key)]
     agent = AgentSpec("tls-h100", "h100", "east", ("H100:8",), extra=tuple(agent_args))
-    return LocalFleet(root, [agent], scheduler="inline", server_args=[*FAST, *server_args])
+    return LocalFleet(root, [agent], scheduler="inline",
+                      server_args=[*FAST, *server_args, *extra])
 
 
 def _status(client: XinheClient) -> Code:
@@ -137,9 +138,12 @@ def tls_fleet(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Lo
         yield fleet
 
 
-@pytest.fixture(scope="module")
-def mtls_fleet(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[LocalFleet]:
-    with _tls_fleet(tmp_path_factory.mktemp("mtls"), pki, mutual=True) as fleet:
+# Mutual TLS holds the same when API front ends end TLS on the port.
+@pytest.fixture(scope="module", params=["direct", "front-ends"])
+def mtls_fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+               pki: Pki) -> Iterator[LocalFleet]:
+    extra = ("--api-workers", "2") if request.param == "front-ends" else ()
+    with _tls_fleet(tmp_path_factory.mktemp("mtls"), pki, mutual=True, extra=extra) as fleet:
         yield fleet
 
 

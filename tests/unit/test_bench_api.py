@@ -23,7 +23,26 @@ def test_tiny_run_reports_figures_and_verifies_the_store() -> None:
     assert checks["consistency"]["ok"], checks["consistency"]["violations"]
     assert report["server_memory"]["rss_mb"] > 10
     assert report["targets"]["zero_lost_or_duplicated"] and report["targets"]["store_consistent"]
+    cpu = load["cpu_ms_per_submission"]
+    assert cpu["control_plane"] > 0 and cpu["clients"] > 0 and cpu["front_ends"] == 0
+    assert cpu["total"] == pytest.approx(cpu["control_plane"] + cpu["clients"], abs=0.002)
     check_batched(report)
+
+
+def test_tiny_run_through_api_front_ends() -> None:
+    """SubmitJob and GetJob through a front end process: same checks, and
+    the front end's CPU is counted apart from the control plane's."""
+    report = bench_api(clients=2, threads=2, duration_s=1.0, agents=1, latency_jobs=2,
+                       api_workers=1)
+    load, checks = report["load"], report["verification"]
+    assert report["setup"]["api_workers"] == 1
+    assert load["submissions"] > 0 and not load["errors"] and load["gets"] > 0
+    assert report["submit_to_running"]["never_running"] == 0
+    assert checks["acknowledged"] == checks["stored"] == load["submissions"]
+    assert checks["lost"] == checks["duplicated_keys"] == 0
+    assert checks["stored_but_never_acknowledged"] == 0 and checks["consistency"]["ok"]
+    cpu = load["cpu_ms_per_submission"]
+    assert cpu["front_ends"] > 0 and cpu["control_plane"] > 0 and cpu["clients"] > 0
 
 
 def test_targets_fail_when_figures_are_missing_or_bad() -> None:
@@ -42,6 +61,9 @@ def test_cli_refuses_nonsense_flags() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["bench", "api", "--clients", "0"])
     assert "--clients" in str(exc.value.code)
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "api", "--api-workers", "-1"])
+    assert "--api-workers" in str(exc.value.code)
 
 
 def check_batched(report: dict) -> None:
