@@ -63,9 +63,10 @@ def _in_state(client: XinheClient, job_id: str, *states: int) -> common_pb2.Job 
     return job if job.state in states else None
 
 
-def _start_replicas(root: Path, dsn: str) -> dict[str, ManagedProcess]:
+def _start_replicas(root: Path, dsn: str, api_workers: int = 0) -> dict[str, ManagedProcess]:
     """Two replicas; the first is started alone so that it leads."""
-    extra = [*FAST, "--store-dsn", dsn, "--node-lost-timeout", "30"]
+    extra = [*FAST, "--store-dsn", dsn, "--node-lost-timeout", "30",
+             "--api-workers", str(api_workers)]
     replicas = {}
     for name in ("a", "b"):
         proc, address = start_server(root / name, extra=extra, log_dir=root / "logs" / name)
@@ -91,12 +92,17 @@ def _check_follower_refuses(follower: str, leader: str) -> None:
     wait_for(lambda: leader_hint(_refusal(follower)) == leader, 10, "the leader hint")
 
 
-def test_follower_takes_over_within_10s_and_running_job_succeeds_once(tmp_path: Path) -> None:
+# With API front ends each replica's front ends forward to it: a follower's
+# refusals and hints reach callers unchanged, and a killed leader's front
+# ends leave with it.
+@pytest.mark.parametrize("api_workers", [0, 2], ids=["direct", "front-ends"])
+def test_follower_takes_over_within_10s_and_running_job_succeeds_once(
+        tmp_path: Path, api_workers: int) -> None:
     scratch = ScratchSchemas(require_postgres())
     dsn, _schema = _server_dsn(scratch, "ha")
     procs: list[ManagedProcess] = []
     try:
-        replicas = _start_replicas(tmp_path, dsn)
+        replicas = _start_replicas(tmp_path, dsn, api_workers)
         procs += replicas.values()
         leader, follower = list(replicas)
         wait_for(lambda: _health(follower, "") == health_pb2.HealthCheckResponse.SERVING, 20)
