@@ -18,6 +18,7 @@ from controlplane.api.frontends import FrontEnds
 from controlplane.api.leader_gate import LeaderGate
 from controlplane.api.servicers import AdminServicer, AgentServicer, JobServicer
 from controlplane.api.tls import server_credentials
+from controlplane.api.transport import SERVER_OPTIONS
 from controlplane.model.catalogue import load_catalogue
 from controlplane.observability.exporter import MetricsExporter
 from controlplane.scheduler.host import (
@@ -42,16 +43,6 @@ SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
-)
-
-# Ping idle agent streams so a vanished agent is noticed, and accept the
-# agents' own keepalive pings (every 20 s) instead of closing their streams.
-SERVER_OPTIONS = (
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
 )
 
 
@@ -133,6 +124,7 @@ class ControlPlane:
         self.frontends = _frontends(settings) if settings.api_workers else None
         if self.frontends is not None:  # they serve the port; this process their socket
             if self.server.add_insecure_port(self.frontends.upstream) == 0:
+                self.frontends.stop()  # lets the reserved port and the directory go
                 raise OSError(f"cannot listen on {self.frontends.upstream}")
             self.port = self.frontends.port
         else:

@@ -39,20 +39,15 @@ from controlplane.api.proxy import (
 )
 from controlplane.api.submit_coalescer import Refusal, SubmitCoalescer
 from controlplane.api.tls import server_credentials
+from controlplane.api.transport import SERVER_OPTIONS
 from xinhe.v1 import admin_pb2, agent_pb2, jobs_pb2
 
 log = logging.getLogger(__name__)
 
 SUBMIT_JOB = "/xinhe.v1.JobService/SubmitJob"
-# Same transport settings as the control plane's own listener (server.py).
-SERVER_OPTIONS = (
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.so_reuseport", 1),
-)
+# The control plane's own transport settings, and a port shared with the
+# other front ends.
+OPTIONS = (*SERVER_OPTIONS, ("grpc.so_reuseport", 1))
 # The private hop carries whatever the public side accepted, both ways.
 UPSTREAM_OPTIONS = (("grpc.max_send_message_length", -1),
                     ("grpc.max_receive_message_length", -1))
@@ -104,7 +99,7 @@ class FrontEnd:
         submit = grpc.unary_unary_rpc_method_handler(SubmitJobHandler(self.channel, coalescer))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            options=(*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_message_bytes)))
+            options=(*OPTIONS, ("grpc.max_receive_message_length", max_message_bytes)))
         self.server.add_generic_rpc_handlers(
             (Forwarder(self.channel, served_methods(), {SUBMIT_JOB: submit}),))
         credentials = server_credentials(tls_cert, tls_key, tls_ca)

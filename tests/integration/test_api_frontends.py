@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -33,6 +33,15 @@ from xinhe.v1 import common_pb2, jobs_pb2
 
 Code = grpc.StatusCode
 WORKERS = 2
+
+
+def all_at_once(caller: Callable[[int], None], n: int, timeout: float) -> None:
+    """``caller(0)`` ... ``caller(n - 1)`` in threads of their own."""
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +87,7 @@ def test_concurrent_submissions_are_each_stored_once(fleet: LocalFleet) -> None:
             with lock:
                 errors.append(exc)
 
-    threads = [threading.Thread(target=caller, args=(n,)) for n in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    all_at_once(caller, 40, 120)
     assert not errors, errors[0]
     assert len(acked) == 320 and len({i for _, i in acked}) == 320
     assert len(shared) == 8 and len(set(shared)) == 1
@@ -155,11 +160,7 @@ def test_rate_limited_batches_admit_what_single_calls_would(
                 with lock:
                     outcomes.append(code)
 
-        threads = [threading.Thread(target=caller, args=(n,)) for n in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        all_at_once(caller, 20, 60)
         assert outcomes.count(Code.OK) == 6, outcomes
         assert outcomes.count(Code.RESOURCE_EXHAUSTED) == 14, outcomes
 
