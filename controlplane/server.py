@@ -122,6 +122,7 @@ class ControlPlane:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.frontends = _frontends(settings) if settings.api_workers else None
+        self.metrics.frontends(settings.api_workers, 0)  # none running yet (or ever)
         if self.frontends is not None:  # they serve the port; this process their socket
             if self.server.add_insecure_port(self.frontends.upstream) == 0:
                 self.frontends.stop()  # lets the reserved port and the directory go
@@ -143,6 +144,7 @@ class ControlPlane:
         """Serve health at once; serve the Xinhe services once elected."""
         self.server.start()
         if self.frontends is not None:
+            self.frontends.on_change = self.metrics.frontends
             self.frontends.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._set_service_health(health_pb2.HealthCheckResponse.NOT_SERVING)

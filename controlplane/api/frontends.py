@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class FrontEnds:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self.restarts = 0
+        # Told (configured, running, restarted) whenever the count changes.
+        self.on_change: Callable[[int, int, bool], None] = lambda *_: None
 
     def _command(self) -> list[str]:
         return [sys.executable, "-m", "controlplane.api.frontend", "--listen", self.listen,
@@ -102,11 +105,15 @@ class FrontEnds:
         self._watcher = threading.Thread(target=self._watch, name="api-frontends",
                                          daemon=True)
         self._watcher.start()
+        self.on_change(self.count, self.count, False)
         log.info("%d API front ends on %s (control plane at %s)",
                  self.count, self.listen, self.upstream)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None]
+
+    def _running(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self._procs if p is not None and p.poll() is None]
 
     def _watch(self) -> None:
         while not self._stopping.wait(RESTART_DELAY_S):
@@ -115,17 +122,20 @@ class FrontEnds:
                     continue
                 log.warning("API front end %d exited (%s); starting another",
                             proc.pid, proc.returncode)
+                self.on_change(self.count, len(self._running()), False)
                 try:
                     self._procs[i] = self._spawn()
-                    self.restarts += 1
                 except OSError as exc:
                     log.error("%s; trying again", exc)
+                    continue
+                self.restarts += 1
+                self.on_change(self.count, len(self._running()), True)
 
     def stop(self, grace: float = 3.0) -> None:
         self._stopping.set()
         if self._watcher is not None:
             self._watcher.join()
-        running = [p for p in self._procs if p is not None and p.poll() is None]
+        running = self._running()
         for proc in running:
             proc.terminate()
         deadline = time.monotonic() + grace

@@ -43,6 +43,9 @@ class MetricsExporter:
     def set_ready(self, ready: bool) -> None:
         self.metrics.set_ready(ready)
 
+    def frontends(self, configured: int, running: int, restarted: bool = False) -> None:
+        self.metrics.frontends(configured, running, restarted)
+
     def job_migrated(self, job: common_pb2.Job, trigger: str) -> None:
         self.metrics.job_migrated(job, trigger)
 

@@ -70,6 +70,7 @@ class ControlPlaneMetrics:
 
     INSTRUMENTED = (
         "xinhe_controlplane_build_info", "xinhe_controlplane_ready",
+        "xinhe_api_frontends", "xinhe_api_frontend_restarts_total",
         "xinhe_jobs_submitted_total", *STATE_COUNTERS.values(), RETRIED, MIGRATED,
         "xinhe_job_queue_wait_seconds", "xinhe_job_run_duration_seconds",
         "xinhe_scheduler_round_duration_seconds", "xinhe_scheduler_round_placements",
@@ -93,6 +94,13 @@ class ControlPlaneMetrics:
 
     def set_ready(self, ready: bool) -> None:
         self._m["xinhe_controlplane_ready"].set(1 if ready else 0)
+
+    def frontends(self, configured: int, running: int, restarted: bool = False) -> None:
+        """The API front ends' count (and one more restart, when ``restarted``)."""
+        self._m["xinhe_api_frontends"].labels(state="configured").set(configured)
+        self._m["xinhe_api_frontends"].labels(state="running").set(running)
+        if restarted:
+            self._m["xinhe_api_frontend_restarts_total"].inc()
 
     # -- jobs ----------------------------------------------------------------
     def job_submitted(self, job: common_pb2.Job) -> None:

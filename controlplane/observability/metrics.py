@@ -90,6 +90,11 @@ DEFINITIONS: tuple[MetricDef, ...] = (
          "Always 1; the control plane's version in a label.", ("version",)),
     _def("xinhe_controlplane_ready", G,
          "1 while the control plane serves its API, 0 while starting or shutting down."),
+    _def("xinhe_api_frontends", G,
+         "API front-end processes of this control plane (--api-workers), by state: "
+         "configured or running.", ("state",)),
+    _def("xinhe_api_frontend_restarts_total", C,
+         "API front ends started again after one exited."),
     # -- jobs (gauges computed at scrape time from the store) ---------------
     _def("xinhe_jobs", G,
          "Jobs not yet finished, by state, tenant and accelerator family (the placed "

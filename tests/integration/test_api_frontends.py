@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
+from controlplane.api.frontends import FrontEnds
 from controlplane.bench.api_load import OWN_CONNECTION
 from controlplane.bench.procs import alive, child_pids
 from controlplane.client import XinheClient
 from controlplane.localfleet import AgentSpec, LocalFleet
 from controlplane.model import states
+from controlplane.observability.instruments import ControlPlaneMetrics
 from tests.integration.conftest import (
     FAST,
     job_logs,
@@ -191,3 +193,24 @@ def test_a_dead_front_end_is_replaced_and_all_leave_with_the_server(
         wait_for(lambda: not any(alive(p) for p in fronts), 10,
                  "front ends to leave after their control plane died")
         assert time.monotonic() - started < 10
+
+
+def test_front_end_counts_and_restarts_reach_the_metrics() -> None:
+    """FrontEnds tells the metrics what runs; a killed one is counted as
+    restarted once it is replaced (``xinhe_api_frontends``,
+    ``xinhe_api_frontend_restarts_total``)."""
+    metrics = ControlPlaneMetrics()
+    fronts = FrontEnds(2, "127.0.0.1:0", [])
+    fronts.on_change = metrics.frontends
+    fronts.start()
+    try:
+        sample = metrics.registry.get_sample_value
+        assert sample("xinhe_api_frontends", {"state": "configured"}) == 2
+        assert sample("xinhe_api_frontends", {"state": "running"}) == 2
+        os.kill(fronts.pids()[0], signal.SIGKILL)
+        wait_for(lambda: sample("xinhe_api_frontend_restarts_total") == 1, 30, "a restart")
+        assert sample("xinhe_api_frontends", {"state": "running"}) == 2
+        assert fronts.restarts == 1
+    finally:
+        fronts.stop()
+    assert not any(alive(p) for p in fronts.pids())
