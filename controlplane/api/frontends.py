@@ -123,6 +123,8 @@ class FrontEnds:
                 log.warning("API front end %d exited (%s); starting another",
                             proc.pid, proc.returncode)
                 self.on_change(self.count, len(self._running()), False)
+                if proc.stdout is not None:
+                    proc.stdout.close()  # one pipe per front end, not per restart
                 try:
                     self._procs[i] = self._spawn()
                 except OSError as exc:
