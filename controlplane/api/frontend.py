@@ -32,9 +32,9 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from controlplane.api.proxy import (
     Forwarder,
+    forward_unary,
     forwarded_metadata,
     methods_of,
-    relay_error,
     remaining,
 )
 from controlplane.api.submit_coalescer import Refusal, SubmitCoalescer
@@ -64,7 +64,7 @@ class SubmitJobHandler:
     they are, so the control plane answers them as it answers any call."""
 
     def __init__(self, channel: grpc.Channel, coalescer: SubmitCoalescer) -> None:
-        self._raw = channel.unary_unary(SUBMIT_JOB)
+        self._forward = forward_unary(channel, SUBMIT_JOB)
         self._coalescer = coalescer
 
     def __call__(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
@@ -79,13 +79,6 @@ class SubmitJobHandler:
                 context.set_trailing_metadata(outcome.trailing)
             context.abort(outcome.code, outcome.details)
         return outcome.SerializeToString()
-
-    def _forward(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
-        try:
-            return self._raw(raw, timeout=remaining(context),
-                             metadata=forwarded_metadata(context))
-        except grpc.RpcError as exc:
-            relay_error(context, exc)
 
 
 class FrontEnd:

@@ -49,17 +49,24 @@ def remaining(context: grpc.ServicerContext) -> float:
     return NO_DEADLINE_S if left is None or left > NO_DEADLINE_S else max(left, 0.0)
 
 
-def relay_error(context: grpc.ServicerContext, error: grpc.RpcError) -> NoReturn:
-    """End the call with the upstream's status, message and trailing metadata."""
-    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+def error_status(error: grpc.RpcError) -> tuple[grpc.StatusCode, str,
+                                                 tuple[tuple[str, Any], ...]]:
+    """An upstream error's code (never OK), message and trailing metadata
+    (the transport's own keys left out), to answer a caller with."""
+    code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
     trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    return (code if code not in (None, grpc.StatusCode.OK) else grpc.StatusCode.UNKNOWN,
+            details or "",
+            tuple((k, v) for k, v in (trailing or ()) if not k.startswith("grpc-")))
+
+
+def relay_error(context: grpc.ServicerContext, error: grpc.RpcError) -> NoReturn:
+    """End the call with the upstream's status, message and trailing metadata."""
+    code, details, trailing = error_status(error)
     if trailing:
-        context.set_trailing_metadata(tuple((k, v) for k, v in trailing
-                                            if not k.startswith("grpc-")))
-    if code is None or code == grpc.StatusCode.OK:
-        code = grpc.StatusCode.UNKNOWN
-    context.abort(code, details or "")
+        context.set_trailing_metadata(trailing)
+    context.abort(code, details)
     raise AssertionError("unreachable")  # abort raises
 
 
@@ -79,10 +86,17 @@ class Forwarder(grpc.GenericRpcHandler):
         return self._handlers.get(handler_call_details.method)
 
 
+def forward_unary(channel: grpc.Channel, method: str
+                  ) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+    """A handler body forwarding unary ``method`` (request bytes in, answer
+    bytes out) to ``channel``."""
+    return _unary_unary(channel.unary_unary(method))
+
+
 def _forwarding(channel: grpc.Channel, method: str, kind: Kind) -> grpc.RpcMethodHandler:
     request_streaming, response_streaming = kind
     if not request_streaming and not response_streaming:
-        return grpc.unary_unary_rpc_method_handler(_unary_unary(channel.unary_unary(method)))
+        return grpc.unary_unary_rpc_method_handler(forward_unary(channel, method))
     if not request_streaming:
         return grpc.unary_stream_rpc_method_handler(_to_stream(channel.unary_stream(method)))
     if not response_streaming:

@@ -31,7 +31,7 @@ from typing import Any
 
 import grpc
 
-from controlplane.api.proxy import NO_DEADLINE_S
+from controlplane.api.proxy import NO_DEADLINE_S, error_status
 from controlplane.services.group_commit import GroupCommit
 from xinhe.v1 import jobs_pb2
 
@@ -123,7 +123,7 @@ class SubmitCoalescer:
             response = self._call(request, timeout=timeout,
                                   metadata=(*metadata, (COALESCED_METADATA, "1")))
         except grpc.RpcError as exc:
-            refusal = _refusal(exc)
+            refusal = Refusal(*error_status(exc))
             if refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED and len(items) > 1:
                 return [outcome for item in items for outcome in self._send([item], metadata)]
             return [refusal] * len(items)
@@ -154,9 +154,3 @@ def _outcome(result: jobs_pb2.SubmitJobResult) -> Outcome:
     return Refusal(code, item_message(result.error_message))
 
 
-def _refusal(exc: grpc.RpcError) -> Refusal:
-    code = exc.code() if hasattr(exc, "code") else None
-    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    return Refusal(code if code not in (None, grpc.StatusCode.OK) else grpc.StatusCode.UNKNOWN,
-                   (exc.details() if hasattr(exc, "details") else "") or "",
-                   tuple((k, v) for k, v in (trailing or ()) if not k.startswith("grpc-")))

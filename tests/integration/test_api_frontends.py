@@ -57,7 +57,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
         yield running
 
 
-def test_the_server_listens_only_through_its_front_ends(fleet: LocalFleet) -> None:
+def test_the_server_runs_its_front_ends_as_children(fleet: LocalFleet) -> None:
     assert fleet.server is not None
     assert len(child_pids(fleet.server.pid)) == WORKERS
 
